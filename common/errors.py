@@ -1,0 +1,33 @@
+"""One error type for everything a user can fix (bad path, bad config, bad file).
+
+Entry points catch it and print its message as one line, then exit non-zero;
+anything else is a bug and keeps its traceback.
+"""
+
+import functools
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem with the user's input: the message says what, which file and what to do."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a CLI `main` so a UserError becomes `error: <message>` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
