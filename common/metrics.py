@@ -1,0 +1,256 @@
+"""Evaluation metrics of SPEC §5: min-max normalisation, AUROC, step-wise AP, AUPRO.
+
+Everything is exact (ties handled as sklearn does) and built on sorting the scores
+of each class once: a `RankedScores` holds the normal and the anomalous scores,
+each sorted ascending, and every metric is read off it with binary searches. For
+pixel metrics that is one `np.sort` of the normal pixels (fast, vectorised) plus
+one argsort of the anomalous pixels only, shared by P-AUROC, AP-loc and AUPRO.
+
+A metric that the data cannot define (one class missing) raises
+`UndefinedMetricError`; `compute_metrics` turns that into `None` plus a note.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+# Column order of the results CSV.
+METRIC_NAMES = ["I-AUROC", "AP-det", "P-AUROC", "AUPRO", "AP-loc", "seg-I-AUROC", "seg-AP-det"]
+
+AUPRO_FPR_LIMIT = 0.3
+# GT masks are 0/1 floats after resizing; a pixel is a defect pixel above this.
+MASK_THRESHOLD = 0.5
+
+
+class UndefinedMetricError(ValueError):
+    """The data does not define the metric (e.g. no anomalous samples); `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RankedScores:
+    """Scores split by ground truth, each sorted ascending.
+
+    `positive_weights` (pixels only) is aligned with `positives`: 1 / (region size *
+    number of regions), so the weights of a set of pixels sum to its mean region overlap.
+    `unit` names what a score belongs to ("images", "pixels"), for error messages.
+    """
+
+    negatives: np.ndarray
+    positives: np.ndarray
+    unit: str
+    positive_weights: np.ndarray | None = None
+
+    def require_both_classes(self) -> None:
+        if self.positives.size == 0:
+            raise UndefinedMetricError(f"the test set has no anomalous {self.unit}")
+        if self.negatives.size == 0:
+            raise UndefinedMetricError(f"the test set has no normal {self.unit}")
+
+
+def min_max_normalize(values: np.ndarray) -> np.ndarray:
+    """Any-shape array -> float32 array of the same shape, (x - min) / (max - min) over all of it.
+
+    Computed in float32 like the published torch code, so ties created by rounding are the
+    same. A constant array gives zeros (torch would give 0/0 = NaN, which the published
+    code maps to 0 for anomaly maps). NaN in the input propagates to every output value.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.size == 0:
+        raise ValueError("min_max_normalize: empty array")
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.zeros_like(values)
+    # Infinite inputs give inf / inf = NaN, as in torch; no warning for that.
+    with np.errstate(invalid="ignore"):
+        normalized = values - low
+        normalized /= high - low
+    return normalized
+
+
+def normalized_scores(anomaly_maps: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maps N x H x W and scores N -> (normalised scores N, normalised seg scores N), float32.
+
+    The seg score of an image is the max of its raw (not yet normalised) anomaly map.
+    """
+    anomaly_maps = np.asarray(anomaly_maps)
+    seg_scores = anomaly_maps.reshape(anomaly_maps.shape[0], -1).max(axis=1)
+    return min_max_normalize(scores), min_max_normalize(seg_scores)
+
+
+def _check_no_nan(scores: np.ndarray, unit: str) -> None:
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        raise UndefinedMetricError(f"the scores of the {unit} contain NaN")
+
+
+def rank_scores(scores: np.ndarray, labels: np.ndarray, unit: str = "samples") -> RankedScores:
+    """Scores N and 0/1 labels N -> their RankedScores."""
+    scores, labels = np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in length")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
+    _check_no_nan(scores, unit)
+    is_positive = labels == 1
+    return RankedScores(np.sort(scores[~is_positive]), np.sort(scores[is_positive]), unit)
+
+
+def rank_pixels(anomaly_maps: np.ndarray, gt_masks: np.ndarray) -> RankedScores:
+    """Maps N x H x W and GT masks N x H x W (defect where > 0.5) -> RankedScores of all pixels.
+
+    Regions are the 8-connected components of each image's mask, labelled per image.
+    """
+    anomaly_maps = np.asarray(anomaly_maps)
+    if anomaly_maps.ndim != 3 or anomaly_maps.shape != np.shape(gt_masks):
+        raise ValueError(f"anomaly maps {anomaly_maps.shape} and masks {np.shape(gt_masks)} must both be N x H x W")
+    _check_no_nan(anomaly_maps, "pixels")
+    anomalous = np.ascontiguousarray(np.asarray(gt_masks) > MASK_THRESHOLD)
+    negatives = anomaly_maps[~anomalous]
+    negatives.sort()
+
+    positive_scores, inverse_sizes, region_count = [], [], 0
+    for image_map, image_mask in zip(anomaly_maps, anomalous):
+        if not image_mask.any():
+            continue
+        count, region_labels, stats, _ = cv2.connectedComponentsWithStats(image_mask.view(np.uint8), connectivity=8)
+        region_sizes = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+        positive_scores.append(image_map[image_mask])
+        inverse_sizes.append(1.0 / region_sizes[region_labels[image_mask] - 1])
+        region_count += count - 1
+    if not positive_scores:
+        return RankedScores(negatives, np.empty(0, anomaly_maps.dtype), "pixels", np.empty(0))
+
+    positives = np.concatenate(positive_scores)
+    order = np.argsort(positives)
+    weights = np.concatenate(inverse_sizes)[order] / region_count
+    return RankedScores(negatives, positives[order], "pixels", weights)
+
+
+def auroc_ranked(ranked: RankedScores) -> float:
+    """Exact ROC AUC: P(positive > negative) + P(tie) / 2 (the Mann-Whitney form of the trapezoid area)."""
+    ranked.require_both_classes()
+    below = np.searchsorted(ranked.negatives, ranked.positives, side="left")
+    below_or_tied = np.searchsorted(ranked.negatives, ranked.positives, side="right")
+    # Integer sum of 2 * (below + tied / 2), so the only rounding is the final division.
+    twice_wins = int(below.sum(dtype=np.int64)) + int(below_or_tied.sum(dtype=np.int64))
+    return twice_wins / (2 * ranked.positives.size * ranked.negatives.size)
+
+
+def average_precision_ranked(ranked: RankedScores) -> float:
+    """Step-wise AP: sum over distinct positive scores t of (recall gain at t) x precision(score >= t).
+
+    Only thresholds holding a positive change recall, so only those are visited. With no
+    normal samples AP is 1 (as sklearn); with no anomalous ones it is undefined.
+    """
+    if ranked.positives.size == 0:
+        raise UndefinedMetricError(f"the test set has no anomalous {ranked.unit}")
+    positives = ranked.positives
+    group_starts = np.flatnonzero(np.r_[True, positives[1:] != positives[:-1]])
+    group_sizes = np.diff(np.r_[group_starts, positives.size])
+    thresholds = positives[group_starts]
+    true_positives = positives.size - group_starts
+    false_positives = ranked.negatives.size - np.searchsorted(ranked.negatives, thresholds, side="left")
+    precision = true_positives / (true_positives + false_positives)
+    return float(np.dot(group_sizes, precision) / positives.size)
+
+
+def aupro_ranked(ranked: RankedScores, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+    """Area under the PRO-vs-FPR curve from FPR 0 to `fpr_limit`, divided by `fpr_limit`.
+
+    The curve has a point at every distinct score t (from (0, 0) at t = +inf):
+    FPR(t) = share of normal pixels >= t, PRO(t) = weight of anomalous pixels >= t.
+    FPR only moves at normal scores, so between consecutive normal thresholds the curve is
+    a vertical rise (no area) then one straight segment from (FPR(t_prev), PRO(> t)) to
+    (FPR(t), PRO(>= t)): the area is a sum over distinct normal scores only, and only those
+    in the top `fpr_limit` share of normal pixels are needed. The segment crossing the limit
+    is cut by linear interpolation.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    if ranked.positive_weights is None:
+        raise ValueError("aupro needs RankedScores from rank_pixels (region weights)")
+    ranked.require_both_classes()
+    negatives, positives = ranked.negatives, ranked.positives
+    negative_count = negatives.size
+
+    # The normal pixels that reach FPR >= fpr_limit at the lowest threshold kept (+1: float safety).
+    kept = min(negative_count, int(np.ceil(fpr_limit * negative_count)) + 1)
+    top = negatives[negative_count - kept :]
+    group_starts = np.flatnonzero(np.r_[True, top[1:] != top[:-1]])
+    thresholds = top[group_starts][::-1]
+    first_index = group_starts + (negative_count - kept)
+    # The lowest kept group may continue below the slice.
+    first_index[0] = np.searchsorted(negatives, top[0], side="left")
+    fpr = (negative_count - first_index[::-1]) / negative_count
+
+    # pro_above[k]: weight of positives at sorted index >= k.
+    pro_above = np.zeros(positives.size + 1)
+    pro_above[:-1] = np.cumsum(ranked.positive_weights[::-1])[::-1]
+    pro_at = pro_above[np.searchsorted(positives, thresholds, side="left")]
+    pro_before = pro_above[np.searchsorted(positives, thresholds, side="right")]
+
+    crossing = int(np.searchsorted(fpr, fpr_limit, side="left"))
+    fpr_start = np.r_[0.0, fpr[:crossing]]
+    area = float(np.dot(np.diff(fpr_start), (pro_before[:crossing] + pro_at[:crossing]) / 2))
+    segment_start, segment_end = fpr_start[-1], fpr[crossing]
+    fraction = (fpr_limit - segment_start) / (segment_end - segment_start)
+    pro_at_limit = pro_before[crossing] + fraction * (pro_at[crossing] - pro_before[crossing])
+    area += (fpr_limit - segment_start) * (pro_before[crossing] + pro_at_limit) / 2
+    return float(area / fpr_limit)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Scores N, 0/1 labels N -> exact ROC AUC (equal to sklearn's roc_auc_score)."""
+    return auroc_ranked(rank_scores(scores, labels))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Scores N, 0/1 labels N -> step-wise AP (equal to sklearn's average_precision_score)."""
+    return average_precision_ranked(rank_scores(scores, labels))
+
+
+def aupro(anomaly_maps: np.ndarray, gt_masks: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+    """Maps N x H x W, GT masks N x H x W -> normalised area under the PRO curve up to `fpr_limit`."""
+    return aupro_ranked(rank_pixels(anomaly_maps, gt_masks), fpr_limit)
+
+
+def compute_metrics(
+    anomaly_maps: np.ndarray, gt_masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, float | None], list[str]]:
+    """The SPEC §5 evaluation of one test set.
+
+    In: raw anomaly maps N x H x W, GT masks N x H x W (0/1), scores N (sigmoid of the
+    score logits), labels N (0/1). Out: every metric of METRIC_NAMES, in that order, None
+    where undefined, and one note per undefined metric saying why.
+    """
+    anomaly_maps = np.asarray(anomaly_maps)
+    if anomaly_maps.ndim != 3:
+        raise ValueError(f"anomaly maps must be N x H x W, got {anomaly_maps.shape}")
+    image_scores, seg_scores = normalized_scores(anomaly_maps, scores)
+    maps = min_max_normalize(anomaly_maps)
+    # As the published evaluation: NaN maps (early training) count as 0.
+    maps[np.isnan(maps)] = 0.0
+
+    values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+    notes: list[str] = []
+
+    def record(name: str, metric: Callable[[], float]) -> None:
+        try:
+            values[name] = metric()
+        except UndefinedMetricError as error:
+            notes.append(f"{name} undefined: {error.reason}")
+
+    pixels = rank_pixels(maps, gt_masks)
+    record("I-AUROC", lambda: auroc_ranked(rank_scores(image_scores, labels, "images")))
+    record("AP-det", lambda: average_precision_ranked(rank_scores(image_scores, labels, "images")))
+    record("P-AUROC", lambda: auroc_ranked(pixels))
+    record("AUPRO", lambda: aupro_ranked(pixels))
+    record("AP-loc", lambda: average_precision_ranked(pixels))
+    record("seg-I-AUROC", lambda: auroc_ranked(rank_scores(seg_scores, labels, "images")))
+    record("seg-AP-det", lambda: average_precision_ranked(rank_scores(seg_scores, labels, "images")))
+    return values, notes

@@ -1,0 +1,154 @@
+"""Results files: per-category CSVs (`last.csv`, `avg.csv`), the mean/std JSON over runs,
+and the printed table with the paper's figure beside each of ours (SPEC §5)."""
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from common.errors import UserError
+from common.fileio import write_csv_atomic, write_json_atomic
+
+PAPER_RESULTS = Path(__file__).resolve().parent.parent / "paper_results" / "results_avg_std.json"
+NOT_AVAILABLE = "n/a"
+
+
+def _format_value(value: float | None) -> str:
+    return NOT_AVAILABLE if value is None else repr(float(value))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+class ResultsWriter:
+    """Collects one row of metrics per category and writes `last.csv` (rows) and `avg.csv` (their mean)."""
+
+    def __init__(self, metric_names: list[str], extra_columns: tuple[str, ...] = ()):
+        self.metric_names = list(metric_names)
+        self.extra_columns = list(extra_columns)
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, category: str, values: dict[str, float | None], **extra: Any) -> None:
+        self.rows.append({"category": category, **values, **extra})
+
+    def save(self, directory: Path) -> None:
+        header = ["category", *self.metric_names, *self.extra_columns]
+        rows = [
+            [row["category"], *(_format_value(row.get(m)) for m in self.metric_names),
+             *(row.get(c, "") for c in self.extra_columns)]
+            for row in self.rows
+        ]
+        write_csv_atomic(Path(directory) / "last.csv", header, rows)
+        means = [_format_value(_mean([row.get(m) for row in self.rows])) for m in self.metric_names]
+        write_csv_atomic(Path(directory) / "avg.csv", ["category", *self.metric_names], [["avg", *means]])
+
+
+def read_last_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a `last.csv` with metric values as floats (None for 'n/a')."""
+    if not Path(path).is_file():
+        raise UserError(f"results file {path} not found; run the evaluation for that run id first")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    parsed = []
+    for row in rows:
+        entry: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in ("category", "run_id"):
+                entry[key] = value
+            else:
+                entry[key] = None if value in (NOT_AVAILABLE, "") else float(value)
+        parsed.append(entry)
+    return parsed
+
+
+def summarize_runs(rows_per_run: dict[str, list[dict[str, Any]]], metric_names: list[str]) -> dict[str, dict]:
+    """Mean and sample std over runs, shaped like paper_results/results_avg_std.json for one dataset:
+    {"avg": {metric: {category: v, "total": v}}, "std": {...}}.
+
+    A category's value per run is the mean of its rows (SensumSODF: its 3 folds); "total" per
+    run is the mean of all rows of that run. avg is the mean over runs of those, std their
+    sample standard deviation (absent with a single run).
+    """
+    per_run_category: dict[str, dict[str, dict[str, float | None]]] = {}
+    per_run_total: dict[str, dict[str, float | None]] = {}
+    categories: list[str] = []
+    for run_id, rows in rows_per_run.items():
+        by_category: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_category.setdefault(row["category"], []).append(row)
+            if row["category"] not in categories:
+                categories.append(row["category"])
+        per_run_category[run_id] = {
+            category: {m: _mean([r.get(m) for r in cat_rows]) for m in metric_names}
+            for category, cat_rows in by_category.items()
+        }
+        per_run_total[run_id] = {m: _mean([r.get(m) for r in rows]) for m in metric_names}
+
+    def collect(metric: str, category: str) -> list[float]:
+        if category == "total":
+            values = [per_run_total[run][metric] for run in per_run_total]
+        else:
+            values = [per_run_category[run].get(category, {}).get(metric) for run in per_run_category]
+        return [v for v in values if v is not None]
+
+    summary: dict[str, dict] = {"avg": {}, "std": {}}
+    for metric in metric_names:
+        summary["avg"][metric], summary["std"][metric] = {}, {}
+        for category in [*categories, "total"]:
+            values = collect(metric, category)
+            summary["avg"][metric][category] = sum(values) / len(values) if values else None
+            summary["std"][metric][category] = statistics.stdev(values) if len(values) > 1 else None
+    if len(rows_per_run) < 2:
+        summary["std"] = {}
+    return summary
+
+
+def load_paper_results() -> dict[str, Any]:
+    with open(PAPER_RESULTS, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def comparison_table(
+    dataset: str, ours: dict[str, dict[str, float | None]], metric_names: list[str], title: str = ""
+) -> str:
+    """A printable table: one row per category, each cell `ours (paper)`, in percent.
+
+    `ours` is {metric: {category: value}}. Categories the paper does not report show '-'.
+    """
+    paper = load_paper_results()["avg"].get(dataset, {})
+    categories: list[str] = []
+    for metric in metric_names:
+        for category in ours.get(metric, {}):
+            if category not in categories:
+                categories.append(category)
+    width = max([len("category"), *(len(c) for c in categories)])
+    cell = 15
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'category':<{width}} " + " ".join(f"{m:>{cell}}" for m in metric_names))
+    for category in categories:
+        cells = []
+        for metric in metric_names:
+            value = ours.get(metric, {}).get(category)
+            reference = paper.get(metric, {}).get(category)
+            ours_text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+            paper_text = "-" if reference is None else f"{100 * reference:.1f}"
+            cells.append(f"{ours_text + ' (' + paper_text + ')':>{cell}}")
+        lines.append(f"{category:<{width}} " + " ".join(cells))
+    lines.append(f"values in %, ours (paper: mean of 5 runs, {PAPER_RESULTS.name})")
+    return "\n".join(lines)
+
+
+def write_summary_json(path: Path, summaries: dict[str, dict[str, dict]]) -> None:
+    """{dataset: {"avg": ..., "std": ...}} -> the paper's layout {"avg": {dataset: ...}, "std": {dataset: ...}}."""
+    data: dict[str, dict] = {"avg": {}, "std": {}}
+    for dataset, summary in summaries.items():
+        data["avg"][dataset] = summary["avg"]
+        if summary["std"]:
+            data["std"][dataset] = summary["std"]
+    write_json_atomic(path, data)

@@ -1,0 +1,233 @@
+"""The user's own images: `<root>/<category>` -> DatasetSplit ("folder", category).
+
+Two layouts are accepted:
+(a) MVTec: `train/good/`, `test/<type>/` (`test/good` normal, other types defects), masks in
+    `ground_truth/<type>/<name>_mask.<ext>` (or `<name>.<ext>`). Unsupervised training.
+(b) simple: `good/`, optional `defect/`, optional `masks/` (the mask of `defect/x.jpg` is
+    `masks/x.<ext>` or `masks/x_mask.<ext>`). A fixed seeded split (seed 42, `ceil` of the
+    fraction, positions drawn by a numpy permutation) holds out 20 % of the good images (at
+    least one stays for training) and 50 % of the defects with masks for testing; the other
+    defects with masks switch on supervised training. Defects without masks are test-only.
+
+A test defect without a mask is scored against an all-zero mask, which would make every
+pixel metric wrong, so then `info["pixel_metrics"]` is False and only image metrics count.
+Images keep their aspect: they are resized to `image_size`, never cropped.
+"""
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.errors import UserError
+from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+FOLDER_SPLIT_SEED = 42
+GOOD_TEST_FRACTION = 0.2
+MASKED_DEFECT_TEST_FRACTION = 0.5
+MVTEC_LAYOUT, SIMPLE_LAYOUT = "mvtec", "simple"
+MAX_PROBLEMS_IN_ERROR = 3
+
+
+@dataclass
+class FolderListing:
+    """What the directory holds: samples per split, and defects that have no mask."""
+
+    layout: str
+    train: list[Sample]
+    test: list[Sample]
+    defects_without_mask: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; [] when the folder does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def _ignored_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not is_image_file(p) and not p.name.startswith("."))
+
+
+def _masks_by_stem(mask_folder: Path) -> dict[str, Path]:
+    by_stem: dict[str, Path] = {}
+    for mask in list_images(mask_folder):
+        by_stem.setdefault(mask.stem, mask)  # sorted listing: the same stem twice always resolves the same way
+    return by_stem
+
+
+def _find_mask(masks_by_stem: dict[str, Path], image: Path, name_suffixes: tuple[str, ...]) -> Path | None:
+    """First mask named `<image stem><suffix>.<any image extension>`, trying the suffixes in order."""
+    for suffix in name_suffixes:
+        if image.stem + suffix in masks_by_stem:
+            return masks_by_stem[image.stem + suffix]
+    return None
+
+
+def _held_out(count: int, fraction: float, keep_for_train: int) -> set[int]:
+    """Positions (of `count` sorted files) held out for testing: ceil(count * fraction), seeded."""
+    num_test = max(0, min(math.ceil(count * fraction), count - keep_for_train))
+    permutation = np.random.default_rng(FOLDER_SPLIT_SEED).permutation(count)
+    return set(permutation[:num_test].tolist())
+
+
+def _list_mvtec(base: Path) -> FolderListing:
+    listing = FolderListing(MVTEC_LAYOUT, [], [])
+    listing.train = [Sample(str(p), "", NORMAL) for p in list_images(base / "train" / "good")]
+    listing.ignored_files = [str(p) for p in _ignored_files(base / "train" / "good")]
+    type_dirs = sorted(p for p in (base / "test").iterdir() if p.is_dir()) if (base / "test").is_dir() else []
+    for type_dir in type_dirs:
+        listing.ignored_files += [str(p) for p in _ignored_files(type_dir)]
+        masks = _masks_by_stem(base / "ground_truth" / type_dir.name)
+        for image in list_images(type_dir):
+            if type_dir.name == "good":
+                listing.test.append(Sample(str(image), "", NORMAL))
+                continue
+            mask = _find_mask(masks, image, ("_mask", ""))
+            if mask is None:
+                listing.defects_without_mask.append(str(image))
+            listing.test.append(Sample(str(image), str(mask) if mask else "", ANOMALOUS))
+    return listing
+
+
+def _list_simple(base: Path) -> FolderListing:
+    listing = FolderListing(SIMPLE_LAYOUT, [], [])
+    goods = list_images(base / "good")
+    held_out_goods = _held_out(len(goods), GOOD_TEST_FRACTION, keep_for_train=1)
+    for position, image in enumerate(goods):
+        (listing.test if position in held_out_goods else listing.train).append(Sample(str(image), "", NORMAL))
+
+    masks = _masks_by_stem(base / "masks")
+    masked: list[tuple[Path, Path]] = []
+    for image in list_images(base / "defect"):
+        mask = _find_mask(masks, image, ("", "_mask"))
+        if mask is None:
+            listing.defects_without_mask.append(str(image))
+        else:
+            masked.append((image, mask))
+    held_out_defects = _held_out(len(masked), MASKED_DEFECT_TEST_FRACTION, keep_for_train=0)
+    for position, (image, mask) in enumerate(masked):
+        (listing.test if position in held_out_defects else listing.train).append(Sample(str(image), str(mask), ANOMALOUS))
+    listing.test += [Sample(path, "", ANOMALOUS) for path in listing.defects_without_mask]
+    listing.ignored_files = [str(p) for name in ("good", "defect", "masks") for p in _ignored_files(base / name)]
+    return listing
+
+
+def list_folder(root: Path, category: str) -> FolderListing:
+    """`root/category` -> its samples, in whichever of the two layouts it uses."""
+    base = Path(root) / category
+    if not base.is_dir():
+        raise UserError(
+            f"folder dataset {base} not found; pass --datasets-folder DIR and --category NAME of a directory inside it"
+        )
+    if (base / "train").is_dir():
+        listing = _list_mvtec(base)
+    elif (base / "good").is_dir():
+        listing = _list_simple(base)
+    else:
+        raise UserError(f"folder dataset {base} has neither train/good/ (MVTec layout) nor good/ (simple layout); add one")
+    if not any(s.label == NORMAL for s in listing.train):
+        where = "train/good/" if listing.layout == MVTEC_LAYOUT else "good/"
+        raise UserError(f"folder dataset {base} has no good training images in {where}; add defect-free images")
+    return listing
+
+
+def load_folder(root: Path, category: str, image_size: tuple[int, int]) -> DatasetSplit:
+    """`root/category` (MVTec or simple layout) -> DatasetSplit ("folder", category)."""
+    listing = list_folder(root, category)
+    split = DatasetSplit(
+        name="folder",
+        category=category,
+        train=listing.train,
+        test=listing.test,
+        image_size=tuple(image_size),
+        supervised=any(s.label == ANOMALOUS for s in listing.train),
+        info={
+            "layout": listing.layout,
+            "pixel_metrics": not listing.defects_without_mask,
+            "test_defects_without_mask": len(listing.defects_without_mask),
+        },
+    )
+    split.check_not_empty(Path(root) / category)
+    return split
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """(height, width) of a readable image file, None when it cannot be decoded."""
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    return None if image is None else image.shape[:2]
+
+
+def _check_files(samples: list[Sample], base: Path) -> tuple[list[str], Counter]:
+    """Decode every image and mask: (problems that stop training, counts of image sizes)."""
+    problems: list[str] = []
+    sizes: Counter = Counter()
+    for sample in samples:
+        image_size = _image_size(sample.image_path)
+        if image_size is None:
+            problems.append(f"unreadable image {Path(sample.image_path).relative_to(base)}")
+            continue
+        sizes[image_size] += 1
+        if not sample.mask_path:
+            continue
+        mask_size = _image_size(sample.mask_path)
+        mask_name = Path(sample.mask_path).relative_to(base)
+        if mask_size is None:
+            problems.append(f"unreadable mask {mask_name}")
+        elif mask_size != image_size:
+            problems.append(
+                f"mask {mask_name} is {mask_size[1]}x{mask_size[0]} but its image is {image_size[1]}x{image_size[0]}"
+            )
+    return problems, sizes
+
+
+def _count_row(split_name: str, kind: str, samples: list[Sample], label: int) -> str:
+    chosen = [s for s in samples if s.label == label]
+    masks = "-" if label == NORMAL else str(sum(1 for s in chosen if s.mask_path))
+    return f"{split_name:<6} {kind:<7} {len(chosen):>6} {masks:>6}"
+
+
+def validate_folder(root: Path, category: str) -> str:
+    """Check `root/category` and return a printable summary: counts per split and kind, image
+    sizes, defects without masks and ignored files. Raises UserError when it cannot be trained
+    on: no good images, or an unreadable image or mask, or a mask whose size differs from its image."""
+    base = Path(root) / category
+    listing = list_folder(root, category)
+    problems, sizes = _check_files(listing.train + listing.test, base)
+    if problems:
+        shown = "; ".join(problems[:MAX_PROBLEMS_IN_ERROR])
+        more = f" (+{len(problems) - MAX_PROBLEMS_IN_ERROR} more)" if len(problems) > MAX_PROBLEMS_IN_ERROR else ""
+        raise UserError(f"folder dataset {base} cannot be used: {shown}{more}; fix or remove these files")
+
+    supervised = any(s.label == ANOMALOUS for s in listing.train)
+    lines = [
+        f"folder dataset {base} ({listing.layout} layout)",
+        f"{'split':<6} {'kind':<7} {'images':>6} {'masks':>6}",
+        _count_row("train", "good", listing.train, NORMAL),
+        _count_row("train", "defect", listing.train, ANOMALOUS),
+        _count_row("test", "good", listing.test, NORMAL),
+        _count_row("test", "defect", listing.test, ANOMALOUS),
+        "image sizes (h x w): " + ", ".join(f"{h}x{w} ({n})" for (h, w), n in sizes.most_common()),
+        f"training: {'supervised (defects with masks in train)' if supervised else 'unsupervised (good images only)'}",
+    ]
+    if listing.defects_without_mask:
+        lines.append(f"pixel metrics: off, {len(listing.defects_without_mask)} test defect(s) have no mask:")
+        lines += [f"  no mask: {Path(p).relative_to(base)}" for p in listing.defects_without_mask]
+    else:
+        lines.append("pixel metrics: on")
+    if not any(s.label == NORMAL for s in listing.test) or not any(s.label == ANOMALOUS for s in listing.test):
+        lines.append("warning: the test set needs both good and defect images for detection metrics")
+    lines += [f"  ignored (not an image): {Path(p).relative_to(base)}" for p in listing.ignored_files]
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""Fetching and unpacking dataset archives: resumable, checksummed downloads and safe extraction.
+
+`download_file(url, path)` -> the verified file at `path` (partial data waits in `<path>.part`);
+`extract_archive(archive, dir)` -> the archive's members under `dir`, or nothing at all when a
+member is unsafe or extraction fails.
+"""
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from common.errors import UserError
+
+# A cut connection is retried (resuming) only while each attempt adds bytes, and at most this often.
+MAX_ATTEMPTS = 5
+HASH_CHUNK = 1 << 20
+MANUAL_HINT = "download it manually (browser or wget) and pass --archive PATH"
+USER_AGENT = "Mozilla/5.0 (compatible; supersimplenet-dataset-setup)"
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".zip")
+STAGING_PREFIX = ".extracting-"
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+
+class _ConnectionCut(Exception):
+    """An attempt ended early. `.part` keeps what arrived (or was reset when `restart`), so the next
+    attempt resumes from there."""
+
+    def __init__(self, message: str, restart: bool = False):
+        super().__init__(message)
+        self.restart = restart
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks so multi-GB archives need no memory."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_mismatch(path: Path, sha256: str | None = None, md5: str | None = None) -> str | None:
+    """None when `path` matches every given checksum, else a short description of the mismatch."""
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected:
+            actual = file_digest(path, algorithm)
+            if actual.lower() != expected.lower():
+                return f"{algorithm} is {actual}, expected {expected}"
+    return None
+
+
+def _open(url: str, offset: int, timeout_s: float) -> http.client.HTTPResponse:
+    headers = {"User-Agent": USER_AGENT}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+
+
+def _remote_size_if_range_unsatisfiable(error: urllib.error.HTTPError) -> int | None:
+    """The full size a 416 answer reports (`Content-Range: bytes */SIZE`), if it reports one."""
+    match = _UNSATISFIED_RANGE.match(error.headers.get("Content-Range", "") if error.headers else "")
+    return int(match.group(1)) if match else None
+
+
+def _download_attempt(url: str, part: Path, timeout_s: float, chunk_size: int) -> None:
+    """Fetch what `part` lacks (all of it when the server ignores Range). Raises _ConnectionCut when short."""
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open(url, offset, timeout_s)
+    except urllib.error.HTTPError as error:
+        # 416: we asked for bytes past the end. When .part is exactly the remote size it is complete.
+        if error.code == 416 and offset > 0 and _remote_size_if_range_unsatisfiable(error) == offset:
+            return
+        if error.code == 416:
+            part.unlink()
+            raise _ConnectionCut("the partial download did not fit the remote file", restart=True) from error
+        raise
+    with response:
+        total: int | None = None
+        append = False
+        if response.status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            append = bool(match) and int(match.group(1)) == offset
+            if not append:
+                part.unlink(missing_ok=True)
+                raise _ConnectionCut("the server resumed at the wrong byte", restart=True)
+            total = int(match.group(3)) if match.group(3) != "*" else None
+        else:
+            # 200: the server ignored the Range header and sends everything, so start over.
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        start = offset if append else 0
+        with open(part, "ab" if append else "wb") as handle, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5]
+        ) as progress:
+            try:
+                for chunk in iter(lambda: response.read(chunk_size), b""):
+                    handle.write(chunk)
+                    progress.update(len(chunk))
+            except (OSError, http.client.HTTPException) as error:
+                raise _ConnectionCut(f"connection lost: {error}") from error
+    received = part.stat().st_size
+    if total is not None and received < total:
+        raise _ConnectionCut(f"connection closed after {received} of {total} bytes")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _fetch_with_resume(url: str, part: Path, timeout_s: float, chunk_size: int) -> None:
+    """Complete `part` from `url`, resuming after cuts; raise a one-line UserError when it cannot."""
+    problem = "too many interrupted attempts"
+    for _ in range(MAX_ATTEMPTS):
+        size_before = _size(part)
+        try:
+            _download_attempt(url, part, timeout_s, chunk_size)
+            return
+        except _ConnectionCut as cut:
+            problem = str(cut)
+            if not cut.restart and _size(part) <= size_before:
+                break  # no progress: another attempt would only repeat the failure
+        except urllib.error.HTTPError as error:
+            raise UserError(f"cannot download {url}: HTTP {error.code} {error.reason}; {MANUAL_HINT}") from None
+        except (OSError, http.client.HTTPException) as error:
+            # URLError (DNS, connection refused) and connect timeouts.
+            problem = str(getattr(error, "reason", None) or error)
+            break
+    kept = _size(part)
+    rerun = f"{kept} bytes are kept in {part}, so a rerun resumes" if kept else "check the network and rerun"
+    raise UserError(f"cannot download {url}: {problem}; {rerun}, or {MANUAL_HINT}")
+
+
+def download_file(
+    url: str,
+    destination: Path,
+    sha256: str | None = None,
+    md5: str | None = None,
+    timeout_s: float = 60,
+    chunk_size: int = 1 << 20,
+) -> Path:
+    """Download `url` to `destination` (resuming `<destination>.part`), verify it, return `destination`.
+
+    An existing `destination` is only verified. A corrupt file is deleted and reported; a network
+    failure is reported with how to download by hand. The rename onto `destination` is atomic.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    source = destination
+    if not destination.exists():
+        _fetch_with_resume(url, part, timeout_s, chunk_size)
+        source = part
+    mismatch = checksum_mismatch(source, sha256, md5)
+    if mismatch:
+        source.unlink()
+        raise UserError(
+            f"download of {url} is corrupt ({mismatch}); deleted {source} so a rerun starts clean; "
+            f"rerun, or {MANUAL_HINT}"
+        )
+    if source == part:
+        os.replace(part, destination)
+    return destination
+
+
+def _unsafe_reason(name: str) -> str | None:
+    """Why an archive member name could land outside the target directory, or None when it cannot."""
+    normalised = name.replace("\\", "/")
+    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
+        return "absolute path"
+    if ".." in PurePosixPath(normalised).parts:
+        return "'..' in path"
+    return None
+
+
+def _strict_tar_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+    """Refuse absolute or '..' names (the 'data' filter would silently strip a leading '/'), then
+    apply the 'data' filter (no links leaving the target, no devices, no set-uid bits)."""
+    reason = _unsafe_reason(member.name)
+    if reason:
+        raise tarfile.FilterError(f"{member.name!r}: {reason}")
+    if member.issym() or member.islnk():
+        link_reason = _unsafe_reason(member.linkname)
+        if link_reason:
+            raise tarfile.FilterError(f"{member.name!r} links to {member.linkname!r}: {link_reason}")
+    if hasattr(tarfile, "data_filter"):
+        return tarfile.data_filter(member, dest_path)
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise tarfile.FilterError(f"{member.name!r}: not a regular file or directory")
+    return member
+
+
+def _archive_kind(archive: Path) -> str:
+    name = archive.name.lower()
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return "zip" if suffix == ".zip" else "tar"
+    raise UserError(f"cannot extract {archive}: unknown archive type; expected one of {', '.join(ARCHIVE_SUFFIXES)}")
+
+
+def _extract_tar(archive: Path, staging: Path) -> None:
+    with tarfile.open(archive, "r:*") as tar:
+        members = tqdm(tar, unit=" files", desc=f"extracting {archive.name}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(staging, members=members, filter=_strict_tar_filter)
+        else:  # Python without extraction filters: apply ours member by member
+            for member in members:
+                tar.extract(_strict_tar_filter(member, str(staging)), staging)
+
+
+def _extract_zip(archive: Path, staging: Path) -> None:
+    with zipfile.ZipFile(archive) as zip_file:
+        infos = zip_file.infolist()
+        # zipfile would silently rewrite bad names; refuse the whole archive before writing anything.
+        for info in infos:
+            reason = _unsafe_reason(info.filename)
+            if reason:
+                raise tarfile.FilterError(f"{info.filename!r}: {reason}")
+        for info in tqdm(infos, unit=" files", desc=f"extracting {archive.name}"):
+            zip_file.extract(info, staging)
+
+
+def _merge_move(source: Path, target: Path) -> None:
+    """Move `source` onto `target`, merging into directories that already exist there."""
+    if target.is_dir() and source.is_dir() and not target.is_symlink():
+        for child in source.iterdir():
+            _merge_move(child, target / child.name)
+        source.rmdir()
+    else:
+        os.replace(source, target)
+
+
+def extract_archive(archive: Path, target_dir: Path) -> None:
+    """Extract a .tar, .tar.gz, .tgz, .tar.xz or .zip into `target_dir` (merging with what is there).
+
+    Everything is first extracted into a hidden staging folder inside `target_dir` and moved in only
+    when the whole archive came out, so an unsafe member or a broken archive leaves nothing behind.
+    """
+    archive, target_dir = Path(archive), Path(target_dir)
+    if not archive.is_file():
+        raise UserError(f"cannot extract {archive}: no such file; check the path")
+    kind = _archive_kind(archive)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for stale in target_dir.glob(STAGING_PREFIX + "*"):  # left by a killed earlier run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target_dir))
+    try:
+        try:
+            (_extract_zip if kind == "zip" else _extract_tar)(archive, staging)
+        except tarfile.FilterError as error:
+            raise UserError(
+                f"refusing to extract {archive}: unsafe member {error}; the archive is not the official one, "
+                "download it again from the official source"
+            ) from None
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+            raise UserError(
+                f"cannot extract {archive}: {error}; check free disk space, or download the archive again "
+                "if it is damaged"
+            ) from None
+        for entry in list(staging.iterdir()):
+            _merge_move(entry, target_dir / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_archive(
+    user_archive: Path | None,
+    url: str,
+    download_path: Path,
+    sha256: str | None = None,
+    md5: str | None = None,
+) -> tuple[Path, bool]:
+    """`--archive PATH` (checked, never deleted) or a download to `download_path` -> (archive, downloaded)."""
+    if user_archive is None:
+        print(f"downloading {url}\n  -> {download_path}")
+        return download_file(url, download_path, sha256=sha256, md5=md5), True
+    user_archive = Path(user_archive).expanduser()
+    if not user_archive.is_file():
+        raise UserError(f"--archive {user_archive} does not exist or is not a file; pass the downloaded archive's path")
+    mismatch = checksum_mismatch(user_archive, sha256, md5) if (sha256 or md5) else None
+    if mismatch:
+        # A re-packed official archive has another checksum but the same content; the layout check
+        # after extraction is what decides, so this is only a warning.
+        print(f"warning: {user_archive} differs from the published archive ({mismatch}); continuing", file=sys.stderr)
+    return user_archive, False
+
+
+def remove_downloaded_archive(archive: Path, downloaded: bool, keep_archive: bool) -> None:
+    """Delete an archive this run downloaded, unless asked to keep it; a user's --archive is never touched."""
+    if downloaded and not keep_archive:
+        archive.unlink(missing_ok=True)
+        print(f"deleted the downloaded archive {archive} (use --keep-archive to keep it)")

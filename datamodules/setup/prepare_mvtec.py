@@ -1,0 +1,75 @@
+"""Prepare MVTec AD: the official archive -> `<datasets>/mvtec/<category>/{train/good, test/<type>,
+ground_truth/<type>/<name>_mask.png}`, checked to hold all 15 categories.
+
+Usage: python datamodules/setup/prepare_mvtec.py [--datasets-folder ./datasets] [--archive PATH] [--keep-archive]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+# The script form (`python datamodules/setup/prepare_mvtec.py`) runs from anywhere: make the repo importable.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from common.errors import UserError, exit_on_user_error  # noqa: E402
+from datamodules.setup.download import extract_archive, remove_downloaded_archive, resolve_archive  # noqa: E402
+
+# Official archive and its SHA-256 as published in anomalib's MVTec AD datamodule.
+MVTEC_URL = (
+    "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/"
+    "download/420938113-1629952094/mvtec_anomaly_detection.tar.xz"
+)
+MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
+MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
+ARCHIVE_NAME = "mvtec_anomaly_detection.tar.xz"
+# Same list as datamodules/mvtec.py; kept here so this script needs no torch import.
+CATEGORIES = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+)
+
+
+def missing_categories(root: Path) -> list[str]:
+    """Categories of CATEGORIES without `train/good`, `test` and `ground_truth` folders under `root`."""
+    required = ("train/good", "test", "ground_truth")
+    return [c for c in CATEGORIES if not all((root / c / sub).is_dir() for sub in required)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
+        description="Download and extract MVTec AD into <datasets-folder>/mvtec.",
+        epilog=f"Official archive: {MVTEC_URL}\nDataset page (manual download): {MVTEC_PAGE}",
+    )
+    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
+    parser.add_argument("--archive", type=Path, help=f"an already downloaded {ARCHIVE_NAME} (no download)")
+    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Extract MVTec AD into `<datasets>/mvtec` unless it is already complete there."""
+    args = parse_args(argv)
+    root = args.datasets_folder / "mvtec"
+    if not missing_categories(root):
+        print(f"MVTec AD is already prepared in {root} ({len(CATEGORIES)} categories); nothing to do")
+        return
+    download_path = args.datasets_folder / ARCHIVE_NAME
+    archive, downloaded = resolve_archive(args.archive, MVTEC_URL, download_path, sha256=MVTEC_SHA256)
+    print(f"extracting {archive}\n  -> {root}")
+    extract_archive(archive, root)
+    missing = missing_categories(root)
+    if missing:
+        raise UserError(
+            f"after extracting {archive}, {root} lacks categories {', '.join(missing)} "
+            "(train/good, test, ground_truth); the archive is not the complete MVTec AD, download the official one again"
+        )
+    remove_downloaded_archive(archive, downloaded, args.keep_archive)
+    print(f"MVTec AD ready: {len(CATEGORIES)} categories in {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Prepare SensumSODF from a user's copy: `--source DIR` -> `<datasets>/SensumSODF`, then report what
+the expected layout lacks (exit 2) or the image counts per category.
+
+SensumSODF (Sensum Solid Oral Dosage Forms dataset) is not freely downloadable; it is given on
+request by its authors.
+
+Usage: python datamodules/setup/prepare_sensum.py [--datasets-folder ./datasets] [--source DIR]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+# The script form (`python datamodules/setup/prepare_sensum.py`) runs from anywhere: make the repo importable.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from common.errors import UserError, exit_on_user_error  # noqa: E402
+
+DATASET_FOLDER = "SensumSODF"
+HOW_TO_OBTAIN = (
+    "SensumSODF (Sensum Solid Oral Dosage Forms dataset) cannot be downloaded without a request: "
+    "ask its authors for a copy, then pass it with --source DIR"
+)
+
+
+def find_dataset_folder(source: Path) -> Path:
+    """The SensumSODF folder itself: `source`, or `source/SensumSODF` when given its parent."""
+    if not source.is_dir():
+        raise UserError(f"--source {source} is not a directory; pass the folder of your SensumSODF copy")
+    nested = source / DATASET_FOLDER
+    if nested.is_dir() and not any((source / c).is_dir() for c in _categories()):
+        return nested
+    return source
+
+
+def _categories() -> tuple[str, ...]:
+    from datamodules.sensum import SENSUM_CATEGORIES
+
+    return SENSUM_CATEGORIES
+
+
+def copy_dataset(source: Path, target: Path) -> None:
+    """Copy `source` to `target` through a staging folder, so an interrupted copy leaves no `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.copying-", dir=target.parent))
+    try:
+        shutil.copytree(source, staging / target.name)
+        os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def image_counts(root: Path) -> dict[str, dict[str, int]]:
+    """PNG counts per category: {"negative": n, "positive": n, "annotations": n}."""
+    from datamodules.sensum import NEGATIVE_IMAGES, POSITIVE_IMAGES, POSITIVE_MASKS
+
+    folders = {"negative": NEGATIVE_IMAGES, "positive": POSITIVE_IMAGES, "annotations": POSITIVE_MASKS}
+    return {
+        category: {name: len(list((root / category / folder).glob("*.png"))) for name, folder in folders.items()}
+        for category in _categories()
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
+        description="Copy a SensumSODF copy into <datasets-folder>/SensumSODF and check it.",
+        epilog=(
+            "SensumSODF (Sensum Solid Oral Dosage Forms dataset) cannot be downloaded without a request:\n"
+            "ask its authors for a copy, then pass it with --source DIR."
+        ),
+    )
+    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
+    parser.add_argument(
+        "--source", type=Path, help="your SensumSODF copy (the folder with capsule/, softgel/, sensum_splits/)"
+    )
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Copy the user's SensumSODF in (when absent), then list what is missing or summarise it."""
+    from datamodules.sensum import check_sensum
+
+    args = parse_args(argv)
+    target = args.datasets_folder / DATASET_FOLDER
+    if args.source is not None:
+        source = find_dataset_folder(args.source.expanduser())
+        if target.exists():
+            same = source.resolve() == target.resolve()
+            action = "nothing to copy" if same else "not copying over it (delete it to copy again)"
+            print(f"SensumSODF is already in {target}; {action}")
+        else:
+            print(f"copying {source}\n  -> {target}")
+            copy_dataset(source, target)
+    elif not target.exists():
+        raise UserError(f"SensumSODF not found at {target}; {HOW_TO_OBTAIN}")
+    missing = check_sensum(target)
+    if missing:
+        print(f"SensumSODF in {target} is incomplete; missing:", file=sys.stderr)
+        for item in missing:
+            print(f"  {item}", file=sys.stderr)
+        raise UserError(
+            f"{len(missing)} folders/files listed above are missing from {target}; complete your copy from the authors' files"
+        )
+    for category, numbers in image_counts(target).items():
+        print(f"  {category}: " + ", ".join(f"{n} {name}" for name, n in numbers.items()))
+    print(f"SensumSODF ready in {target}")
+
+
+if __name__ == "__main__":
+    main()

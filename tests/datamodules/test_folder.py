@@ -1,0 +1,152 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import UserError
+from datamodules.folder import load_folder, validate_folder
+from tests.datamodules.tree_helpers import write_image, write_mask
+
+SIZE = (32, 48)
+
+
+def names(samples, base: Path) -> list[str]:
+    return [str(Path(s.image_path).relative_to(base)) for s in samples]
+
+
+@pytest.fixture
+def simple(tmp_path) -> Path:
+    """10 good (one .JPG), 5 defects: d0 masks/d0.png, d1 masks/d1_mask.png, d2, d3 masked, d4 no mask."""
+    base = tmp_path / "parts"
+    for i in range(9):
+        write_image(base / "good" / f"g{i}.png", seed=i)
+    write_image(base / "good" / "g9.JPG", seed=9)
+    (base / "good" / "notes.txt").write_text("not an image")
+    for i in range(5):
+        write_image(base / "defect" / f"d{i}.png", seed=100 + i)
+    for name in ("d0", "d1_mask", "d2", "d3"):
+        write_mask(base / "masks" / f"{name}.png", defect=True)
+    return base
+
+
+def held_out_positions(count: int, num_test: int) -> set[int]:
+    # The documented rule: seed 42, the first ceil(fraction * count) positions of a permutation.
+    return set(np.random.default_rng(42).permutation(count)[:num_test].tolist())
+
+
+def test_simple_layout_with_masks_is_supervised(simple):
+    split = load_folder(simple.parent, "parts", SIZE)
+    assert (split.name, split.category, split.image_size) == ("folder", "parts", SIZE)
+    goods = [f"good/g{i}.png" for i in range(9)] + ["good/g9.JPG"]
+    test_goods = held_out_positions(10, 2)
+    assert names(split.train_normal, simple) == [g for k, g in enumerate(goods) if k not in test_goods]
+    masked = ["defect/d0.png", "defect/d1.png", "defect/d2.png", "defect/d3.png"]
+    test_defects = held_out_positions(4, 2)
+    assert names(split.train_anomalous, simple) == [d for k, d in enumerate(masked) if k not in test_defects]
+    assert names(split.test, simple) == (
+        [g for k, g in enumerate(goods) if k in test_goods]
+        + [d for k, d in enumerate(masked) if k in test_defects]
+        + ["defect/d4.png"]
+    )
+    assert [s.label for s in split.test] == [0, 0, 1, 1, 1]
+    assert split.supervised
+    assert split.info["pixel_metrics"] is False and split.info["test_defects_without_mask"] == 1
+    masks = {Path(s.image_path).name: s.mask_path for s in split.train + split.test if s.label == 1}
+    assert masks == {
+        "d0.png": str(simple / "masks/d0.png"),
+        "d1.png": str(simple / "masks/d1_mask.png"),
+        "d2.png": str(simple / "masks/d2.png"),
+        "d3.png": str(simple / "masks/d3.png"),
+        "d4.png": "",
+    }
+    assert load_folder(simple.parent, "parts", SIZE) == split  # deterministic
+
+
+def test_good_only_is_unsupervised(tmp_path):
+    base = tmp_path / "plain"
+    for i in range(6):
+        write_image(base / "good" / f"{i}.bmp", seed=i)
+    split = load_folder(tmp_path, "plain", SIZE)
+    assert not split.supervised
+    assert len(split.train) == 4 and len(split.test) == 2  # ceil(0.2 * 6) = 2 held out
+    assert split.info["pixel_metrics"] is True
+
+
+def test_single_good_image_stays_in_training(tmp_path):
+    base = tmp_path / "one"
+    write_image(base / "good" / "a.png", seed=0)
+    write_image(base / "defect" / "b.png", seed=1)
+    split = load_folder(tmp_path, "one", SIZE)
+    assert names(split.train, base) == ["good/a.png"]
+    assert names(split.test, base) == ["defect/b.png"]
+
+
+def test_all_defects_masked_keeps_pixel_metrics(simple):
+    write_mask(simple / "masks" / "d4_mask.png", defect=True)
+    split = load_folder(simple.parent, "parts", SIZE)
+    assert split.info["pixel_metrics"] is True
+    assert len(split.train_anomalous) == 2 and sum(s.label for s in split.test) == 3  # ceil(0.5 * 5)
+
+
+@pytest.fixture
+def mvtec_like(tmp_path) -> Path:
+    base = tmp_path / "widget"
+    for i in range(3):
+        write_image(base / "train" / "good" / f"{i:03d}.png", seed=i)
+    for i in range(2):
+        write_image(base / "test" / "good" / f"{i:03d}.png", seed=10 + i)
+        write_image(base / "test" / "crack" / f"{i:03d}.png", seed=20 + i)
+    write_mask(base / "ground_truth" / "crack" / "000_mask.png", defect=True)
+    return base
+
+
+def test_mvtec_layout_is_unsupervised(mvtec_like):
+    split = load_folder(mvtec_like.parent, "widget", SIZE)
+    assert not split.supervised
+    assert names(split.train, mvtec_like) == ["train/good/000.png", "train/good/001.png", "train/good/002.png"]
+    assert names(split.test, mvtec_like) == [
+        "test/crack/000.png", "test/crack/001.png", "test/good/000.png", "test/good/001.png"
+    ]
+    assert [s.label for s in split.test] == [1, 1, 0, 0]
+    assert Path(split.test[0].mask_path).name == "000_mask.png" and split.test[1].mask_path == ""
+    assert split.info == {"layout": "mvtec", "pixel_metrics": False, "test_defects_without_mask": 1}
+
+
+def test_validate_prints_counts_missing_masks_and_ignored_files(simple):
+    report = validate_folder(simple.parent, "parts").splitlines()
+    assert report[0] == f"folder dataset {simple} (simple layout)"
+    assert report[1].split() == ["split", "kind", "images", "masks"]
+    rows = [line.split() for line in report[2:6]]
+    assert rows == [
+        ["train", "good", "8", "-"],
+        ["train", "defect", "2", "2"],
+        ["test", "good", "2", "-"],
+        ["test", "defect", "3", "2"],
+    ]
+    assert report[6] == "image sizes (h x w): 24x40 (15)"
+    assert report[7].startswith("training: supervised")
+    assert "pixel metrics: off, 1 test defect(s) have no mask:" in report
+    assert "  no mask: defect/d4.png" in report
+    assert "  ignored (not an image): good/notes.txt" in report
+
+
+def test_validate_refuses_unreadable_and_mis_sized_files(simple):
+    (simple / "good" / "g3.png").write_bytes(b"not a png")
+    write_mask(simple / "masks" / "d2.png", defect=True, height=10, width=20)
+    with pytest.raises(UserError) as error:
+        validate_folder(simple.parent, "parts")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "unreadable image good/g3.png" in message
+    assert "mask masks/d2.png is 20x10 but its image is 40x24" in message
+
+
+def test_layout_errors(tmp_path, simple):
+    with pytest.raises(UserError, match="folder dataset .*absent not found"):
+        load_folder(tmp_path, "absent", SIZE)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither train/good/ \\(MVTec layout\\) nor good/"):
+        validate_folder(tmp_path, "empty")
+    (tmp_path / "empty" / "good").mkdir()
+    with pytest.raises(UserError, match="no good training images in good/"):
+        load_folder(tmp_path, "empty", SIZE)
