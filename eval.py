@@ -16,7 +16,7 @@ from common.errors import UserError, exit_on_user_error
 from common.evaluation import evaluate, format_metrics, make_test_loader, predict, write_figures, write_scores_json
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
-from common.training import backbone_description, backbone_weights_tag, resolve_device
+from common.training import backbone_description, backbone_weights_tag, resolve_device, seed_everything
 from datamodules.registry import DATASET_NAMES, dataset_units
 from model.supersimplenet import SuperSimpleNet
 
@@ -57,6 +57,8 @@ def evaluate_dataset(args: argparse.Namespace, run_id: str, dataset: str, device
                 "weights/<run_id>/<dataset>/<category>/weights.pt (see weights/README.md)"
             )
         split = unit.load()
+        # seeded like training, so even a random backbone (pretrained=false) is rebuilt identically
+        seed_everything(config["seed"])
         model = SuperSimpleNet(image_size=split.image_size, config=config)
         model.load_model(weights)
         model.to(device)

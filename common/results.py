@@ -57,7 +57,7 @@ def read_last_csv(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         entry: dict[str, Any] = {}
         for key, value in row.items():
-            if key in ("category", "run_id"):
+            if key in ("category", "run_id", "backbone_weights"):
                 entry[key] = value
             else:
                 entry[key] = None if value in (NOT_AVAILABLE, "") else float(value)

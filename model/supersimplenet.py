@@ -132,7 +132,12 @@ class AnomalyGenerator(nn.Module):
         for _ in range(count):
             scale_x = 2 ** int(torch.randint(low, high, (1,)).item())
             scale_y = 2 ** int(torch.randint(low, high, (1,)).item())
-            noise = rand_perlin_2d((self.perlin_height, self.perlin_width), (scale_x, scale_y))
+            # Feature maps under 32 (inputs under 128 px) cannot hold 32 cells: clamp the scale.
+            # The draws stay the same, so runs at the published sizes are unaffected.
+            noise = rand_perlin_2d(
+                (self.perlin_height, self.perlin_width),
+                (min(scale_x, self.perlin_height), min(scale_y, self.perlin_width)),
+            )
             noise = F.interpolate(
                 noise.reshape(1, 1, self.perlin_height, self.perlin_width),
                 size=(self.feature_height, self.feature_width),
@@ -278,8 +283,12 @@ class SuperSimpleNet(nn.Module):
     def save_model(self, directory: Path | str) -> Path:
         """Write `directory/weights.pt` atomically (published format); returns its path."""
         path = Path(directory) / "weights.pt"
+        # through a buffer: torch.save names the archive after the file it writes, and a
+        # temporary name would make two identical checkpoints differ byte-wise
+        buffer = io.BytesIO()
+        torch.save(self.trainable_state_dict(), buffer)
         with atomic_path(path) as tmp:
-            torch.save(self.trainable_state_dict(), tmp)
+            tmp.write_bytes(buffer.getvalue())
         return path
 
     def load_model(self, path: Path | str) -> None:

@@ -1,0 +1,199 @@
+"""End to end: train.py and eval.py on a tiny generated MVTec-layout dataset with a random
+resnet18 backbone, plus their one-line errors for bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import eval as eval_cli
+import train as train_cli
+from common.metrics import METRIC_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["backbone=resnet18", "pretrained=false", "image_size=[64,64]", "epochs=2", "batch=4",
+        "num_workers=0", "eval_step_size=1"]
+
+
+def _sets(values: list[str]) -> list[str]:
+    return [arg for value in values for arg in ("--set", value)]
+
+
+def make_mvtec_tree(root: Path, category: str = "widget", seed: int = 0) -> Path:
+    """A 1-category MVTec-layout dataset: 6 good train, 3 good + 3 defective test images (72x72)."""
+    rng = np.random.default_rng(seed)
+    base = root / "mvtec" / category
+
+    def texture() -> np.ndarray:
+        return (rng.random((72, 72, 3)) * 60 + 100).astype(np.uint8)
+
+    for i in range(6):
+        (base / "train" / "good").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(base / "train" / "good" / f"{i:03d}.png"), texture())
+    for i in range(3):
+        (base / "test" / "good").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(base / "test" / "good" / f"{i:03d}.png"), texture())
+    for i in range(3):
+        image, mask = texture(), np.zeros((72, 72), np.uint8)
+        mask[20 + 5 * i:40, 20:44] = 255
+        image[mask > 0] = 10
+        (base / "test" / "hole").mkdir(parents=True, exist_ok=True)
+        (base / "ground_truth" / "hole").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(base / "test" / "hole" / f"{i:03d}.png"), image)
+        cv2.imwrite(str(base / "ground_truth" / "hole" / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run, shared by the tests that inspect its outputs."""
+    root = tmp_path_factory.mktemp("run")
+    datasets = make_mvtec_tree(root / "datasets")
+    results = root / "results"
+    train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"), "--results-path",
+                    str(results), "--device", "cpu", "--no-progress", *_sets(TINY)])
+    return datasets, results
+
+
+def test_train_writes_checkpoint_csvs_scores_and_figures(trained):
+    _, results = trained
+    run = results / "superSimpleNet"
+    weights = torch.load(run / "checkpoints" / "folder" / "widget" / "weights.pt", weights_only=True)
+    assert len(weights) == 19 and not any(k.startswith("feature_extractor") for k in weights)
+
+    rows = read_csv(run / "folder" / "last.csv")
+    assert list(rows[0]) == ["category", *METRIC_NAMES, "backbone_weights"]
+    assert rows[0]["category"] == "widget" and rows[0]["backbone_weights"] == "random"
+    assert all(0.0 <= float(rows[0][m]) <= 1.0 for m in METRIC_NAMES)
+    avg = read_csv(run / "folder" / "avg.csv")
+    assert avg[0]["category"] == "avg" and float(avg[0]["I-AUROC"]) == pytest.approx(float(rows[0]["I-AUROC"]))
+
+    scores = json.loads((run / "scores" / "folder" / "widget" / "scores.json").read_text())
+    assert scores["backbone_weights"] == "random"
+    assert set(scores["scores"]) == {"good", "hole"}
+    assert len(scores["scores"]["hole"]["bad"]) == 3 and len(scores["scores"]["good"]["good"]) == 3
+
+    figures = sorted((run / "visual" / "folder" / "widget").rglob("*.png"))
+    assert len(figures) == 6
+    assert cv2.imread(str(figures[0])).shape == (64 + 18, 4 * 64, 3)
+
+
+def test_same_seed_gives_bit_identical_checkpoints(trained, tmp_path):
+    datasets, results = trained
+    train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"), "--results-path",
+                    str(tmp_path), "--device", "cpu", "--no-progress", "--no-figures", *_sets(TINY)])
+    first = results / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt"
+    second = tmp_path / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt"
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_eval_reproduces_training_metrics_and_writes_summary(trained, tmp_path, capsys):
+    datasets, results = trained
+    weights_root = tmp_path / "weights"
+    target = weights_root / "0" / "folder" / "widget"
+    target.mkdir(parents=True)
+    (target / "weights.pt").write_bytes(
+        (results / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt").read_bytes())
+    out = tmp_path / "eval_res"
+    eval_cli.main(["--datasets", "folder", "--categories", "widget", "--weights-path", str(weights_root),
+                   "--datasets-folder", str(datasets / "mvtec"), "--results-path", str(out), "--device", "cpu",
+                   "--num-workers", "0", "--no-progress", "--save-scores",
+                   *_sets(["backbone=resnet18", "pretrained=false", "image_size=[64,64]"])])
+    evaluated = read_csv(out / "0" / "folder" / "last.csv")[0]
+    trained_row = read_csv(results / "superSimpleNet" / "folder" / "last.csv")[0]
+    for metric in METRIC_NAMES:
+        assert float(evaluated[metric]) == pytest.approx(float(trained_row[metric]), abs=1e-6), metric
+    assert evaluated["run_id"] == "0"
+
+    summary = json.loads((out / "results_avg_std.json").read_text())
+    paper = json.loads((REPO / "paper_results" / "results_avg_std.json").read_text())
+    assert set(summary) == set(paper) == {"avg", "std"}
+    assert set(summary["avg"]["folder"]) == set(paper["avg"]["mvtec"])
+    assert summary["avg"]["folder"]["I-AUROC"]["widget"] == pytest.approx(float(evaluated["I-AUROC"]))
+    assert summary["avg"]["folder"]["I-AUROC"]["total"] == pytest.approx(float(evaluated["I-AUROC"]))
+    printed = capsys.readouterr().out
+    assert "RANDOM backbone weights" in printed
+    assert (out / "0" / "scores" / "folder" / "widget" / "scores.json").is_file()
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_missing_dataset_root_is_one_line(tmp_path):
+    result = run_cli(str(REPO / "train.py"), "mvtec", "--datasets-folder", str(tmp_path / "nowhere"), "--no-progress")
+    assert_one_line_error(result, "mvtec not found", "prepare_mvtec.py")
+
+
+def test_train_unknown_setting_and_wrong_type_are_one_line(tmp_path):
+    assert_one_line_error(run_cli(str(REPO / "train.py"), "mvtec", "--set", "epoch=3"), "unknown setting 'epoch'")
+    assert_one_line_error(run_cli(str(REPO / "train.py"), "mvtec", "--set", "epochs=abc"), "'epochs' must be int")
+
+
+def test_train_unknown_category_and_mask_size_mismatch(tmp_path):
+    datasets = make_mvtec_tree(tmp_path / "datasets")
+    assert_one_line_error(
+        run_cli(str(REPO / "train.py"), "mvtec", "--category", "nope", "--datasets-folder", str(datasets)),
+        "unknown mvtec categories")
+    assert_one_line_error(
+        run_cli(str(REPO / "train.py"), "mvtec", "--category", "bottle", "--datasets-folder", str(datasets)),
+        "category 'bottle' not found")
+    bad_mask = datasets / "mvtec" / "widget" / "ground_truth" / "hole" / "000_mask.png"
+    cv2.imwrite(str(bad_mask), np.zeros((10, 10), np.uint8))
+    (datasets / "mvtec" / "bottle").mkdir()
+    result = run_cli(str(REPO / "train.py"), "folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"),
+                     "--results-path", str(tmp_path / "res"), "--device", "cpu", "--no-progress", *_sets(TINY))
+    assert_one_line_error(result, "000_mask.png", "must have the size of their image")
+
+
+def test_eval_rejects_corrupt_and_foreign_checkpoints(tmp_path):
+    datasets = make_mvtec_tree(tmp_path / "datasets")
+    target = tmp_path / "weights" / "0" / "folder" / "widget"
+    target.mkdir(parents=True)
+    common = ["--datasets", "folder", "--categories", "widget", "--weights-path", str(tmp_path / "weights"),
+              "--datasets-folder", str(datasets / "mvtec"), "--results-path", str(tmp_path / "out"), "--device", "cpu",
+              *_sets(["backbone=resnet18", "pretrained=false", "image_size=[64,64]"])]
+    (target / "weights.pt").write_bytes(b"not a checkpoint at all")
+    assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "weights.pt", "corrupt")
+    torch.save({"feature_adaptor.projection.weight": torch.zeros(3)}, target / "weights.pt")
+    assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "missing keys")
+    (target / "weights.pt").unlink()
+    assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "not found", "weights/README.md")
+
+
+def test_demo_dataset_is_deterministic(tmp_path):
+    from datamodules.demo import ensure_demo_dataset
+
+    first = ensure_demo_dataset(tmp_path / "a")
+    second = ensure_demo_dataset(tmp_path / "b")
+    files_a = sorted(p.relative_to(first) for p in first.rglob("*.png"))
+    files_b = sorted(p.relative_to(second) for p in second.rglob("*.png"))
+    assert files_a == files_b and len(files_a) > 100
+    for relative in files_a[::17]:
+        assert (first / relative).read_bytes() == (second / relative).read_bytes()
