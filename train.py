@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.config import build_config, format_config
 from common.errors import UserError, exit_on_user_error
+from common.evaluation import format_metrics
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table
 from common.training import UnitOutputs, resolve_device, train_unit
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         if logger is not None:
             logger.finish()
         weights_tags.add(tag)
+        print(f"  {format_metrics(values)}")
         for note in notes:
             print(f"  note: {note}")
         writer.add(unit.report_category, values, backbone_weights=tag)

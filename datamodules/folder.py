@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from common.errors import UserError
+from common.image_io import is_image_file, list_images
 from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FOLDER_SPLIT_SEED = 42
 GOOD_TEST_FRACTION = 0.2
 MASKED_DEFECT_TEST_FRACTION = 0.5
@@ -42,17 +42,6 @@ class FolderListing:
     test: list[Sample]
     defects_without_mask: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name; [] when the folder does not exist."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def _ignored_files(folder: Path) -> list[Path]:

@@ -4,20 +4,13 @@
 from pathlib import Path
 
 from common.errors import UserError
+from common.image_io import list_images
 from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def list_images(directory: Path) -> list[Path]:
-    """Image files of a directory, sorted by name (so splits never depend on the file system)."""
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def load_mvtec_layout(
     category_root: Path, name: str, category: str, image_size: tuple[int, int], mask_suffix: str = "_mask"
 ) -> DatasetSplit:

@@ -1,0 +1,216 @@
+"""Configuration (SPEC §4 defaults; YAML then --set precedence; type checks) and the CLI error wrapper."""
+
+import pytest
+
+from common.config import (
+    apply_settings,
+    build_config,
+    default_config,
+    load_config_file,
+    parse_override,
+    validate,
+)
+from common.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
+
+UNSUPERVISED = {
+    "seed": 42,
+    "batch": 32,
+    "epochs": 300,
+    "noise": True,
+    "perlin": True,
+    "no_anomaly": "empty",
+    "bad": True,
+    "overlap": True,
+    "noise_std": 0.015,
+    "seg_lr": 2e-4,
+    "dec_lr": 2e-4,
+    "adapt_lr": 1e-4,
+    "gamma": 0.4,
+    "stop_grad": True,
+    "clip_grad": False,
+    "eval_step_size": 4,
+    "backbone": "wide_resnet50_2",
+    "layers": ["layer2", "layer3"],
+    "patch_size": 3,
+    "adapt_cls_features": True,
+}
+
+SUPERVISED = {
+    **UNSUPERVISED,
+    "seed": 456654,
+    "perlin_thr": 0.6,
+    "overlap": False,
+    "flips": True,
+    "stop_grad": False,
+    "clip_grad": True,
+}
+
+
+def assert_subset(config, expected):
+    for key, value in expected.items():
+        assert key in config, key
+        assert config[key] == value and type(config[key]) is type(value), (key, config[key], value)
+
+
+def test_mvtec_defaults():
+    config = default_config("mvtec")
+    assert_subset(config, {**UNSUPERVISED, "perlin_thr": 0.2, "image_size": [256, 256], "flips": False})
+
+
+def test_visa_defaults():
+    config = default_config("visa")
+    assert_subset(config, {**UNSUPERVISED, "perlin_thr": 0.6, "image_size": [256, 256]})
+
+
+def test_ksdd2_defaults():
+    config = default_config("ksdd2")
+    assert_subset(config, {**SUPERVISED, "image_size": [640, 232], "num_segmented": 246})
+
+
+def test_sensum_defaults():
+    config = default_config("sensum")
+    assert_subset(config, SUPERVISED)
+    assert config["ratio_segmented"] == 1.0
+    assert config["folds"] == [0, 1, 2]
+
+
+def test_defaults_are_independent_copies():
+    first = default_config("mvtec")
+    first["layers"].append("layer4")
+    first["image_size"][0] = 1
+    second = default_config("mvtec")
+    assert second["layers"] == ["layer2", "layer3"] and second["image_size"] == [256, 256]
+
+
+def test_every_preset_validates():
+    for dataset in ("mvtec", "visa", "ksdd2", "sensum", "folder", "demo"):
+        validate(default_config(dataset))
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="nosuchset"):
+        default_config("nosuchset")
+
+
+def test_parse_override_values():
+    assert parse_override("image_size=[128,128]") == ("image_size", [128, 128])
+    assert parse_override("perlin=false") == ("perlin", False)
+    assert parse_override("epochs=10") == ("epochs", 10)
+    assert parse_override("no_anomaly=full") == ("no_anomaly", "full")
+    assert parse_override("seg_lr=0.001") == ("seg_lr", 0.001)
+    with pytest.raises(UserError):
+        parse_override("epochs")
+
+
+def test_exponent_notation_for_float_keys(tmp_path):
+    assert build_config("mvtec", None, ["seg_lr=1e-3"])["seg_lr"] == 1e-3
+    path = tmp_path / "run.yaml"
+    path.write_text("adapt_lr: 5e-5\n", encoding="utf-8")
+    assert build_config("mvtec", path, [])["adapt_lr"] == 5e-5
+
+
+def test_yaml_then_set_precedence(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 5\nbatch: 8\nperlin: false\n", encoding="utf-8")
+    config = build_config("mvtec", path, ["epochs=7", "image_size=[128,128]"])
+    assert config["epochs"] == 7  # --set wins over the file
+    assert config["batch"] == 8  # the file wins over the defaults
+    assert config["perlin"] is False
+    assert config["image_size"] == [128, 128]
+    assert config["seed"] == 42  # untouched default
+    # later --set wins over earlier ones
+    assert build_config("mvtec", None, ["epochs=3", "epochs=4"])["epochs"] == 4
+
+
+def test_int_accepted_for_float_keys():
+    config = build_config("mvtec", None, ["noise_std=1", "gamma=0"])
+    assert config["noise_std"] == 1.0 and type(config["noise_std"]) is float
+    assert config["gamma"] == 0.0 and type(config["gamma"]) is float
+
+
+@pytest.mark.parametrize("text", ["epochs=abc", "perlin=3", "epochs=true", "epochs=2.5", "image_size=5", "backbone=7"])
+def test_wrong_types_are_user_errors(text):
+    key = text.split("=")[0]
+    with pytest.raises(UserError, match=key):
+        build_config("mvtec", None, [text])
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    with pytest.raises(UserError, match="epoch_count"):
+        build_config("mvtec", None, ["epoch_count=3"])
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 0.1\n", encoding="utf-8")
+    with pytest.raises(UserError, match="learning_rate"):
+        build_config("mvtec", path, [])
+    # a dataset-specific key is unknown for another dataset
+    with pytest.raises(UserError, match="num_segmented"):
+        apply_settings(default_config("mvtec"), {"num_segmented": 16}, "test")
+
+
+def test_yaml_file_errors(tmp_path):
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(UserError, match="list.yaml"):
+        build_config("mvtec", not_mapping, [])
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(UserError, match="missing.yaml"):
+        build_config("mvtec", missing, [])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [1, 2\n", encoding="utf-8")
+    with pytest.raises(UserError, match="broken.yaml"):
+        load_config_file(broken)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("", encoding="utf-8")
+    assert build_config("mvtec", empty, []) == default_config("mvtec")
+
+
+@pytest.mark.parametrize(
+    "dataset, settings",
+    [
+        ("mvtec", ["image_size=[256]"]),
+        ("mvtec", ["image_size=[16,16]"]),
+        ("mvtec", ["image_size=[256,256,3]"]),
+        ("mvtec", ["batch=0"]),
+        ("mvtec", ["epochs=0"]),
+        ("sensum", ["ratio_segmented=1.5"]),
+        ("sensum", ["ratio_segmented=-0.1"]),
+        ("ksdd2", ["num_segmented=100"]),
+    ],
+)
+def test_validate_rejects_bad_values(dataset, settings):
+    with pytest.raises(UserError):
+        build_config(dataset, None, settings)
+
+
+@pytest.mark.parametrize(
+    "dataset, settings",
+    [("sensum", ["ratio_segmented=0"]), ("sensum", ["ratio_segmented=1"]), ("ksdd2", ["num_segmented=0"]),
+     ("ksdd2", ["num_segmented=16"]), ("ksdd2", ["num_segmented=53"]), ("ksdd2", ["num_segmented=126"])],
+)
+def test_validate_accepts_boundary_values(dataset, settings):
+    build_config(dataset, None, settings)
+
+
+def test_exit_on_user_error(capsys):
+    @exit_on_user_error
+    def main(value):
+        if value:
+            raise UserError("checkpoint x.pt not found")
+        return "ok"
+
+    assert main(False) == "ok"
+    with pytest.raises(SystemExit) as info:
+        main(True)
+    assert info.value.code == EXIT_USER_ERROR == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: checkpoint x.pt not found\n"
+    assert captured.out == ""
+
+
+def test_exit_on_user_error_keeps_other_exceptions():
+    @exit_on_user_error
+    def main():
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        main()
