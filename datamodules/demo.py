@@ -16,10 +16,10 @@ from common.fileio import write_text_atomic
 DEMO_CATEGORIES = ("fabric", "metal")
 DEFECT_TYPES = ("scratch", "spot", "stain")
 DEMO_IMAGE_SIZE = 128
-NUM_TRAIN_GOOD = 48
+NUM_TRAIN_GOOD = 32
 NUM_TEST_GOOD = 16
 NUM_TEST_PER_DEFECT = 10
-GENERATOR_VERSION = "demo-v1"
+GENERATOR_VERSION = "demo-v2"
 MARKER_NAME = ".complete"
 
 
