@@ -5,6 +5,7 @@
 member is unsafe or extraction fails.
 """
 
+import argparse
 import hashlib
 import http.client
 import os
@@ -302,3 +303,16 @@ def remove_downloaded_archive(archive: Path, downloaded: bool, keep_archive: boo
     if downloaded and not keep_archive:
         archive.unlink(missing_ok=True)
         print(f"deleted the downloaded archive {archive} (use --keep-archive to keep it)")
+
+
+def archive_argument_parser(description: str, epilog: str, archive_name: str) -> argparse.ArgumentParser:
+    """The options every prepare script shares: --datasets-folder, --archive, --keep-archive."""
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
+        description=description,
+        epilog=epilog,
+    )
+    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
+    parser.add_argument("--archive", type=Path, help=f"an already downloaded {archive_name} (no download)")
+    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
+    return parser

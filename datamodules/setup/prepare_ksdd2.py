@@ -17,7 +17,12 @@ if str(REPO_ROOT) not in sys.path:
 
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.fileio import atomic_path  # noqa: E402
-from datamodules.setup.download import extract_archive, remove_downloaded_archive, resolve_archive  # noqa: E402
+from datamodules.setup.download import (  # noqa: E402
+    archive_argument_parser,
+    extract_archive,
+    remove_downloaded_archive,
+    resolve_archive,
+)
 
 # The ViCoS short link (it redirects to the zip) and the MD5 that the SuperSimpleNet authors'
 # own KSDD2 setup script verifies; ViCoS itself publishes no checksum.
@@ -83,14 +88,11 @@ def copy_split_files(splits_dir: Path, root: Path) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
-        description="Download and extract KolektorSDD2 into <datasets-folder>/KolektorSDD2 and make its split files.",
-        epilog=f"Official archive: {KSDD2_URL}\n(ViCoS, University of Ljubljana; CC BY-NC-SA 4.0)",
+    parser = archive_argument_parser(
+        "Download and extract KolektorSDD2 into <datasets-folder>/KolektorSDD2 and make its split files.",
+        f"Official archive: {KSDD2_URL}\n(ViCoS, University of Ljubljana; CC BY-NC-SA 4.0)",
+        ARCHIVE_NAME,
     )
-    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
-    parser.add_argument("--archive", type=Path, help=f"an already downloaded {ARCHIVE_NAME} (no download)")
-    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
     parser.add_argument(
         "--splits-dir", type=Path,
         help="a folder with published split_weakly_<N>.pyb files to use instead of generated ones",

@@ -14,7 +14,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.errors import UserError, exit_on_user_error  # noqa: E402
-from datamodules.setup.download import extract_archive, remove_downloaded_archive, resolve_archive  # noqa: E402
+from datamodules.setup.download import (  # noqa: E402
+    archive_argument_parser,
+    extract_archive,
+    remove_downloaded_archive,
+    resolve_archive,
+)
 
 # Official archive and its SHA-256 as published in anomalib's MVTec AD datamodule.
 MVTEC_URL = (
@@ -38,14 +43,11 @@ def missing_categories(root: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
-        description="Download and extract MVTec AD into <datasets-folder>/mvtec.",
-        epilog=f"Official archive: {MVTEC_URL}\nDataset page (manual download): {MVTEC_PAGE}",
+    parser = archive_argument_parser(
+        "Download and extract MVTec AD into <datasets-folder>/mvtec.",
+        f"Official archive: {MVTEC_URL}\nDataset page (manual download): {MVTEC_PAGE}",
+        ARCHIVE_NAME,
     )
-    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
-    parser.add_argument("--archive", type=Path, help=f"an already downloaded {ARCHIVE_NAME} (no download)")
-    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
     return parser.parse_args(argv)
 
 

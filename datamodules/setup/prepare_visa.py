@@ -27,7 +27,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.errors import UserError, exit_on_user_error  # noqa: E402
-from datamodules.setup.download import extract_archive, remove_downloaded_archive, resolve_archive  # noqa: E402
+from datamodules.setup.download import (  # noqa: E402
+    archive_argument_parser,
+    extract_archive,
+    remove_downloaded_archive,
+    resolve_archive,
+)
 
 # Official archive and its SHA-256 (the checksum anomalib's VisA datamodule verifies).
 VISA_URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"
@@ -153,15 +158,12 @@ def missing_categories(output_root: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
-        description="Download and extract VisA into <datasets-folder>/visa, then build visa/visa_pytorch "
+    parser = archive_argument_parser(
+        "Download and extract VisA into <datasets-folder>/visa, then build visa/visa_pytorch "
         "from split_csv/1cls.csv.",
-        epilog=f"Official archive: {VISA_URL}",
+        f"Official archive: {VISA_URL}",
+        ARCHIVE_NAME,
     )
-    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
-    parser.add_argument("--archive", type=Path, help=f"an already downloaded {ARCHIVE_NAME} (no download)")
-    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
     return parser.parse_args(argv)
 
 
