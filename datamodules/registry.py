@@ -90,10 +90,16 @@ def dataset_units(
         return units
 
     if dataset == "folder":
-        from datamodules.folder import load_folder
+        from datamodules.folder import load_folder, validate_folder
 
         if not categories:
             raise UserError("the folder dataset needs --category NAME (a directory inside --datasets-folder)")
-        return [Unit(dataset, c, c, lambda c=c: load_folder(folder, c, size or (256, 256))) for c in categories]
+
+        def load_checked(category: str) -> DatasetSplit:
+            # a user's own folder is checked (and summarised) before anything is trained on it
+            print(validate_folder(folder, category))
+            return load_folder(folder, category, size or (256, 256))
+
+        return [Unit(dataset, c, c, lambda c=c: load_checked(c)) for c in categories]
 
     raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASET_NAMES)}")

@@ -1,7 +1,10 @@
 """End to end: train.py and eval.py on a tiny generated MVTec-layout dataset with a random
 resnet18 backbone, plus their one-line errors for bad input."""
 
+import contextlib
 import csv
+import re
+import io
 import json
 import os
 import subprocess
@@ -27,14 +30,15 @@ def _sets(values: list[str]) -> list[str]:
 
 
 def make_mvtec_tree(root: Path, category: str = "widget", seed: int = 0) -> Path:
-    """A 1-category MVTec-layout dataset: 6 good train, 3 good + 3 defective test images (72x72)."""
+    """A 1-category MVTec-layout dataset: 5 good train, 3 good + 3 defective test images (72x72).
+    With batch 4 (train) and 5 (eval) the last batch holds a single image."""
     rng = np.random.default_rng(seed)
     base = root / "mvtec" / category
 
     def texture() -> np.ndarray:
         return (rng.random((72, 72, 3)) * 60 + 100).astype(np.uint8)
 
-    for i in range(6):
+    for i in range(5):
         (base / "train" / "good").mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(base / "train" / "good" / f"{i:03d}.png"), texture())
     for i in range(3):
@@ -56,19 +60,56 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+class FakeWandb:
+    """Stands in for the wandb package: records what train.py logs."""
+
+    def __init__(self):
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, values):
+        self.logged.append(dict(values))
+
+    def finish(self):
+        self.finished += 1
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny training run, shared by the tests that inspect its outputs."""
+    """One tiny training run (logging to a stand-in wandb), shared by the tests that inspect it."""
     root = tmp_path_factory.mktemp("run")
     datasets = make_mvtec_tree(root / "datasets")
     results = root / "results"
-    train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"), "--results-path",
-                    str(results), "--device", "cpu", "--no-progress", *_sets(TINY)])
-    return datasets, results
+    fake_wandb = FakeWandb()
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setitem(sys.modules, "wandb", fake_wandb)
+        train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"),
+                        "--results-path", str(results), "--device", "cpu", "--no-progress", "--wandb", *_sets(TINY)])
+    return datasets, results, fake_wandb, printed.getvalue()
+
+
+def test_train_prints_config_folder_check_metrics_and_paper_table(trained):
+    printed = trained[3]
+    assert "noise_std" in printed and re.search(r"image_size +=  *\[64, 64\]", printed)
+    assert "(mvtec layout)" in printed and "training: unsupervised" in printed  # the folder check
+    assert "I-AUROC" in printed and "RANDOM backbone weights" in printed
+
+
+def test_wandb_gets_one_run_with_epoch_logs(trained):
+    fake_wandb = trained[2]
+    assert len(fake_wandb.inits) == 1 and fake_wandb.finished == 1
+    assert fake_wandb.inits[0]["project"] == "supersimplenet" and fake_wandb.inits[0]["config"]["epochs"] == 2
+    assert [entry["epoch"] for entry in fake_wandb.logged] == [1, 2]
+    assert all(entry["loss"] > 0 for entry in fake_wandb.logged)
+    assert "I-AUROC" in fake_wandb.logged[0]  # evaluated every epoch (eval_step_size=1) except the last
 
 
 def test_train_writes_checkpoint_csvs_scores_and_figures(trained):
-    _, results = trained
+    results = trained[1]
     run = results / "superSimpleNet"
     weights = torch.load(run / "checkpoints" / "folder" / "widget" / "weights.pt", weights_only=True)
     assert len(weights) == 19 and not any(k.startswith("feature_extractor") for k in weights)
@@ -91,7 +132,7 @@ def test_train_writes_checkpoint_csvs_scores_and_figures(trained):
 
 
 def test_same_seed_gives_bit_identical_checkpoints(trained, tmp_path):
-    datasets, results = trained
+    datasets, results = trained[:2]
     train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"), "--results-path",
                     str(tmp_path), "--device", "cpu", "--no-progress", "--no-figures", *_sets(TINY)])
     first = results / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt"
@@ -104,7 +145,7 @@ def test_same_seed_gives_bit_identical_checkpoints(trained, tmp_path):
 
 
 def test_eval_reproduces_training_metrics_and_writes_summary(trained, tmp_path, capsys):
-    datasets, results = trained
+    datasets, results = trained[:2]
     weights_root = tmp_path / "weights"
     target = weights_root / "0" / "folder" / "widget"
     target.mkdir(parents=True)
@@ -113,7 +154,7 @@ def test_eval_reproduces_training_metrics_and_writes_summary(trained, tmp_path, 
     out = tmp_path / "eval_res"
     eval_cli.main(["--datasets", "folder", "--categories", "widget", "--weights-path", str(weights_root),
                    "--datasets-folder", str(datasets / "mvtec"), "--results-path", str(out), "--device", "cpu",
-                   "--num-workers", "0", "--no-progress", "--save-scores",
+                   "--num-workers", "0", "--batch", "5", "--no-progress", "--save-scores",
                    *_sets(["backbone=resnet18", "pretrained=false", "image_size=[64,64]"])])
     evaluated = read_csv(out / "0" / "folder" / "last.csv")[0]
     trained_row = read_csv(results / "superSimpleNet" / "folder" / "last.csv")[0]
@@ -157,19 +198,25 @@ def test_train_unknown_setting_and_wrong_type_are_one_line(tmp_path):
 
 
 def test_train_unknown_category_and_mask_size_mismatch(tmp_path):
-    datasets = make_mvtec_tree(tmp_path / "datasets")
+    datasets = make_mvtec_tree(tmp_path / "datasets", category="bottle")
     assert_one_line_error(
         run_cli(str(REPO / "train.py"), "mvtec", "--category", "nope", "--datasets-folder", str(datasets)),
         "unknown mvtec categories")
     assert_one_line_error(
-        run_cli(str(REPO / "train.py"), "mvtec", "--category", "bottle", "--datasets-folder", str(datasets)),
-        "category 'bottle' not found")
-    bad_mask = datasets / "mvtec" / "widget" / "ground_truth" / "hole" / "000_mask.png"
+        run_cli(str(REPO / "train.py"), "mvtec", "--category", "cable", "--datasets-folder", str(datasets)),
+        "category 'cable' not found")
+    bad_mask = datasets / "mvtec" / "bottle" / "ground_truth" / "hole" / "000_mask.png"
     cv2.imwrite(str(bad_mask), np.zeros((10, 10), np.uint8))
-    (datasets / "mvtec" / "bottle").mkdir()
-    result = run_cli(str(REPO / "train.py"), "folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"),
-                     "--results-path", str(tmp_path / "res"), "--device", "cpu", "--no-progress", *_sets(TINY))
-    assert_one_line_error(result, "000_mask.png", "must have the size of their image")
+    common = ["--results-path", str(tmp_path / "res"), "--device", "cpu", "--no-progress", *_sets(TINY)]
+    # MVTec: found when the image is read
+    assert_one_line_error(
+        run_cli(str(REPO / "train.py"), "mvtec", "--category", "bottle", "--datasets-folder", str(datasets), *common),
+        "000_mask.png", "must have the size of their image")
+    # a user's folder: found by the check before training
+    assert_one_line_error(
+        run_cli(str(REPO / "train.py"), "folder", "--category", "bottle", "--datasets-folder",
+                str(datasets / "mvtec"), *common),
+        "000_mask.png is 10x10 but its image is 72x72")
 
 
 def test_eval_rejects_corrupt_and_foreign_checkpoints(tmp_path):
