@@ -16,6 +16,16 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
+def one_line(error: UserError) -> str:
+    """The user-facing message. A DataLoader worker re-raises a UserError with the worker's
+    traceback in its text; the original message is then the last line, after the type name."""
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(f"{UserError.__name__}: ", 1)[-1]
+
+
 def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     """Wrap a CLI `main` so a UserError becomes `error: <message>` on stderr and exit code 2."""
 
@@ -24,7 +34,7 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
