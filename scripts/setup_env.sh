@@ -4,7 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
-wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+if command -v sha256sum >/dev/null; then
+    wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+else  # macOS
+    wanted=$(shasum -a 256 requirements.txt | cut -d' ' -f1)
+fi
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
     exit 0
 fi
