@@ -97,23 +97,6 @@ class SampleDataset(Dataset):
         return load_item(self.samples[index], self.image_size)
 
 
-class FlippedSampleDataset(Dataset):
-    """index = flip * len(samples) + i -> item of samples[i] with that flip (0 none, 1 vertical,
-    2 horizontal, 3 rotate 180). Stateless, so any number of workers gives the same batches;
-    what to draw each epoch is decided by a sampler in the main process."""
-
-    def __init__(self, samples: list[Sample], image_size: tuple[int, int]):
-        self.samples = list(samples)
-        self.image_size = tuple(image_size)
-
-    def __len__(self) -> int:
-        return len(self.samples) * NUM_FLIPS
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        flip, sample_index = divmod(index, len(self.samples))
-        return load_item(self.samples[sample_index], self.image_size, flip)
-
-
 def make_loader(
     dataset: Dataset,
     batch_size: int,
