@@ -16,7 +16,8 @@ from common.errors import UserError, exit_on_user_error
 from common.evaluation import evaluate, format_metrics, make_test_loader, predict, write_figures, write_scores_json
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
-from common.training import backbone_description, backbone_weights_tag, resolve_device, seed_everything
+from common.device import resolve_device
+from common.training import backbone_description, backbone_weights_tag, seed_everything
 from datamodules.registry import DATASET_NAMES, dataset_units
 from model.supersimplenet import SuperSimpleNet
 

@@ -11,7 +11,8 @@ from common.errors import UserError, exit_on_user_error
 from common.evaluation import format_metrics
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table
-from common.training import UnitOutputs, resolve_device, train_unit
+from common.device import resolve_device
+from common.training import UnitOutputs, train_unit
 from datamodules.registry import DATASET_NAMES, dataset_units
 
 

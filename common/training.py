@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.errors import UserError
 from common.evaluation import (
     evaluate,
     format_metrics,
@@ -31,16 +30,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise UserError(f"unknown device '{requested}'; use auto, cpu or cuda")
-    return torch.device(requested)
 
 
 def backbone_description(model: SuperSimpleNet, config: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from torch import Tensor  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.config import default_config  # noqa: E402
+from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.fileio import write_csv_atomic  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
@@ -151,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("gpu_model", help="name of the machine, used in perf_<gpu_model>.csv (e.g. v100s, h100, cpu)")
-    parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None,
                         help="fp16 on CUDA (the paper's), fp32 on CPU by default")
     parser.add_argument("--reps", type=int, default=1000, help="timed repetitions, after as many warm-up ones (1000)")
@@ -169,16 +170,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cuda-graphs", action="store_true", help="fast path without CUDA graphs")
     parser.add_argument("--output-dir", type=Path, default=Path("."), help="where the CSVs go (current directory)")
     return parser.parse_args(argv)
-
-
-def resolve_device(requested: str | None) -> torch.device:
-    if requested is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", requested):
-        raise UserError(f"--device {requested}: use cuda, cuda:N or cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: PyTorch sees no CUDA GPU here; use --device cpu")
-    return torch.device(requested)
 
 
 def validate(args: argparse.Namespace) -> None:

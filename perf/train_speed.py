@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from common.config import default_config  # noqa: E402
+from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.loss import downsample_mask, supersimplenet_loss  # noqa: E402
 from model.supersimplenet import SuperSimpleNet, build_optimizer  # noqa: E402
@@ -98,7 +99,7 @@ def synchronize(device: torch.device) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path (20 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (2 on CUDA, 1 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (32, the paper's, on CUDA; 2 on CPU)")
@@ -111,12 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace) -> tuple[torch.device, dict]:
     """Checked device and run settings (defaults depend on the device)."""
-    requested = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if requested not in ("cpu", "cuda"):
-        raise UserError(f"--device {requested}: use cuda or cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
-    device = torch.device(requested)
+    device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     settings = {
         "steps": args.steps if args.steps is not None else (20 if on_gpu else 3),
