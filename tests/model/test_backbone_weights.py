@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from common.errors import UserError
-from model.feature_extractor import backbone_weights_file, build_backbone
+from model.backbone import backbone_weights_file, build_backbone
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import torchvision
 
 from common.errors import UserError
-from model.feature_extractor import FeatureExtractor, backbone_weights
+from model.backbone import backbone_weights
+from model.feature_extractor import FeatureExtractor
 
 
 
