@@ -1,4 +1,5 @@
-"""Frozen ImageNet backbone -> upscaled, concatenated, neighbourhood-averaged feature map (SPEC §1)."""
+"""Frozen ImageNet backbone -> upscaled, concatenated, neighbourhood-averaged feature map
+(docs/method.md, "Feature extractor")."""
 
 import torch
 import torch.nn.functional as F
@@ -6,6 +7,21 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 from model.backbone import RESNET_STAGES, build_backbone
+
+
+def run_stages(stages: nn.ModuleDict, images: Tensor, layers: list[str]) -> list[Tensor]:
+    """The backbone walk: run `stages` in order on `images`; the outputs of `layers`, in the order of `layers`.
+
+    Shared by `FeatureExtractor.backbone_features` and the fast inference path (whose stages have
+    their BatchNorms folded away), so both read the same layers the same way.
+    """
+    outputs = {}
+    x = images
+    for name, stage in stages.items():
+        x = stage(x)
+        if name in layers:
+            outputs[name] = x
+    return [outputs[name] for name in layers]
 
 
 class FeatureExtractor(nn.Module):
@@ -46,13 +62,7 @@ class FeatureExtractor(nn.Module):
 
     def backbone_features(self, images: Tensor) -> list[Tensor]:
         """The chosen layers' outputs, in the order of `layers`."""
-        outputs = {}
-        x = images
-        for name, stage in self.backbone.items():
-            x = stage(x)
-            if name in self.layers:
-                outputs[name] = x
-        return [outputs[name] for name in self.layers]
+        return run_stages(self.backbone, images, self.layers)
 
     def forward(self, images: Tensor) -> Tensor:
         with torch.no_grad():
