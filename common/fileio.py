@@ -1,28 +1,148 @@
-"""Atomic file writing: a crash or a bad input never leaves a half-written result behind."""
+"""Atomic file writing: a crash or a bad input never leaves a half-written result behind.
+
+Every file and folder made here gets the permissions a plain `open(path, "w")` / `mkdir` would
+give (0666 / 0777 less the umask), so results on a shared machine are as readable as the user's
+umask allows. Temporaries live next to their target (same file system, so the final rename is
+atomic) under hidden names `.<name>.<8 random characters>.tmp`; `clean_stale_temporaries` removes
+those a killed earlier run left behind.
+"""
 
 import contextlib
 import csv
 import json
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+from common.errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+_RANDOM_LENGTH = 8
+# `.<name>.<8 random chars>.tmp`; the random part also matches what tempfile.mkstemp made in the past.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{%d}\.tmp$" % _RANDOM_LENGTH)
+_MAX_NAME_TRIES = 100
+_IMPORTED_AT = time.time()
+
+
+def process_start_time() -> float:
+    """When this process started (seconds since the epoch); the module's import time where the
+    system does not say. Anything older than this cannot be a temporary of this process."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+        ticks_after_boot = int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        started = boot + ticks_after_boot / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return _IMPORTED_AT
+    return min(started, _IMPORTED_AT)
+
+
+def _random_part() -> str:
+    return secrets.token_hex(_RANDOM_LENGTH // 2)
+
+
+def _temporary_file_beside(path: Path) -> Path:
+    """Create an empty `.<name>.<random>.tmp` next to `path`, with the mode `open(..., "w")` gives."""
+    for _ in range(_MAX_NAME_TRIES):
+        candidate = path.with_name(f".{path.name}.{_random_part()}{TEMP_SUFFIX}")
+        try:
+            # 0o666 and not 0o600 (mkstemp): the kernel takes the umask (and any default ACL) off it,
+            # exactly as for a plain open(); O_EXCL keeps the name ours alone.
+            handle = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(handle)
+        return candidate
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def make_temporary_dir(parent: Path, prefix: str) -> Path:
+    """Create a new folder `<parent>/<prefix><random>` with the mode a plain `mkdir` gives
+    (0777 less the umask; tempfile.mkdtemp would give 0700, which survives a later rename)."""
+    parent = Path(parent)
+    for _ in range(_MAX_NAME_TRIES):
+        candidate = parent / f"{prefix}{_random_part()}"
+        try:
+            os.mkdir(candidate, 0o777)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary folder name in {parent}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed onto `path`."""
+    """Yield a temporary path next to `path`; on success it is renamed onto `path`.
+
+    The temporary exists (empty) when yielded. The final file has the mode a plain
+    `open(path, "w")` gives a new file (0666 less the umask), also when it replaces an older file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp_path = Path(tmp_name)
+    tmp_path = _temporary_file_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the `.<name>.<random>.tmp` files of `folder` (not its subfolders) that are older than
+    this process: what `atomic_path` left when an earlier run was killed. Files of this process, and
+    files that cannot be deleted (another user's), are left alone. Returns the deleted paths."""
+    folder = Path(folder)
+    started = process_start_time()
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no such folder, or not readable: nothing of ours to clean
+        return removed
+    for entry in entries:
+        if not _TEMPORARY_NAME.match(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= started:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return sorted(removed)
+
+
+def check_writable_dir(path: Path, what: str) -> Path:
+    """Make sure `path` is a folder this process can write in (creating it when absent); returns it.
+
+    Raises a one-line UserError naming `what` (e.g. "--output-dir") when `path` is a file, cannot be
+    created, or refuses a new file. Meant for entry points, before any long work starts.
+    """
+    path = Path(path)
+    shown = " ".join(f"{what} {path}".split())
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{shown} is a file, not a folder; pass a folder path (or move the file away)")
+        path.mkdir(parents=True, exist_ok=True)
+    except UserError:
+        raise
+    except OSError as error:
+        raise UserError(
+            f"{shown} cannot be created ({error.strerror or error}); pass a folder you can create"
+        ) from None
+    try:
+        probe = _temporary_file_beside(path / "write-check")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"{shown} is not writable ({error.strerror or error}); fix its permissions or pass another folder"
+        ) from None
+    return path
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -3,9 +3,14 @@
 `download_file(url, path)` -> the verified file at `path` (partial data waits in `<path>.part`);
 `extract_archive(archive, dir)` -> the archive's members under `dir`, or nothing at all when a
 member is unsafe or extraction fails.
+`staging_folder(final)` + `move_into_place(staging, final)` -> a dataset folder that appears under
+its final name only once it is complete, so a failed run never leaves a half-made one behind.
+`prepare_entry_point` -> the error handling every prepare script shares (one `error:` line, exit 2).
 """
 
 import argparse
+import contextlib
+import functools
 import hashlib
 import http.client
 import os
@@ -18,10 +23,12 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.errors import UserError, exit_on_user_error
+from common.fileio import make_temporary_dir, process_start_time
 
 # A cut connection is retried (resuming) only while each attempt adds bytes, and at most this often.
 MAX_ATTEMPTS = 5
@@ -30,6 +37,7 @@ MANUAL_HINT = "download it manually (browser or wget) and pass --archive PATH"
 USER_AGENT = "Mozilla/5.0 (compatible; supersimplenet-dataset-setup)"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".zip")
 STAGING_PREFIX = ".extracting-"
+SIBLING_STAGING_MARK = ".staging-"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -261,15 +269,15 @@ def extract_archive(archive: Path, target_dir: Path) -> None:
         try:
             (_extract_zip if kind == "zip" else _extract_tar)(archive, staging)
         except tarfile.FilterError as error:
-            raise UserError(
+            raise UserError(flatten_message(
                 f"refusing to extract {archive}: unsafe member {error}; the archive is not the official one, "
                 "download it again from the official source"
-            ) from None
+            )) from None
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-            raise UserError(
+            raise UserError(flatten_message(
                 f"cannot extract {archive}: {error}; check free disk space, or download the archive again "
                 "if it is damaged"
-            ) from None
+            )) from None
         for entry in list(staging.iterdir()):
             _merge_move(entry, target_dir / entry.name)
     finally:
@@ -316,3 +324,89 @@ def archive_argument_parser(description: str, epilog: str, archive_name: str) ->
     parser.add_argument("--archive", type=Path, help=f"an already downloaded {archive_name} (no download)")
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
     return parser
+
+
+def flatten_message(text: str) -> str:
+    """`text` on one line: line breaks (from a path or a library's message) and runs of spaces become
+    one space, so the user sees a single `error: ...` line."""
+    return " ".join(str(text).split())
+
+
+def _remove_stale_staging(final: Path) -> None:
+    """Delete `.<final name>.staging-*` folders that a killed earlier run left next to `final`."""
+    started = process_start_time()
+    for stale in final.parent.glob(f".{final.name}{SIBLING_STAGING_MARK}*"):
+        try:
+            if stale.is_dir() and not stale.is_symlink() and stale.stat().st_mtime < started:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue
+
+
+@contextlib.contextmanager
+def staging_folder(final: Path, shown_as: Path | None = None) -> Iterator[Path]:
+    """A new empty hidden sibling of `final` to build a dataset folder in; deleted on leaving,
+    whatever happened (after `move_into_place` nothing is left to delete).
+
+    A UserError raised inside names files by their staging path, which is gone afterwards; with
+    `shown_as` (the archive being unpacked) those paths are shown as `<archive>:<member path>`.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(final)
+    staging = make_temporary_dir(final.parent, f".{final.name}{SIBLING_STAGING_MARK}")
+    try:
+        yield staging
+    except UserError as error:
+        if shown_as is None:
+            raise
+        message = str(error).replace(f"{staging}{os.sep}", f"{shown_as}:").replace(str(staging), str(shown_as))
+        raise UserError(message) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _discard(path: Path) -> None:
+    """Remove the folder `path`: first renamed to a hidden name, so a half-deleted one never stays visible."""
+    aside = make_temporary_dir(path.parent, f".{path.name}{SIBLING_STAGING_MARK}old-")
+    os.replace(path, aside / path.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def move_into_place(staging: Path, final: Path, replace_whole: Sequence[str] = ()) -> None:
+    """Give the complete folder `staging` its final name: one rename when `final` does not exist yet,
+    else its entries are merged into `final` (same names replaced, others kept), except those named
+    in `replace_whole`, which replace their namesakes as a whole."""
+    staging, final = Path(staging), Path(final)
+    if not os.path.lexists(final):
+        os.replace(staging, final)
+        return
+    if not final.is_dir():
+        raise UserError(flatten_message(f"{final} exists and is not a folder; move it away and rerun"))
+    for name in replace_whole:
+        if (staging / name).exists() and (final / name).is_dir() and not (final / name).is_symlink():
+            _discard(final / name)
+    _merge_move(staging, final)
+
+
+def describe_os_error(error: OSError) -> str:
+    """A file-system failure (disk full, permission denied, ...) as a message a user can act on."""
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    what = error.strerror or str(error) or type(error).__name__
+    return f"{what}{': ' + paths if paths else ''}; check the path, its permissions and the free disk space"
+
+
+def prepare_entry_point(main: Callable[..., None]) -> Callable[..., None]:
+    """`exit_on_user_error` for the prepare scripts: a UserError or a file-system failure (OSError)
+    becomes one `error: ...` line on stderr and exit code 2, with no traceback."""
+
+    @functools.wraps(main)
+    def one_line_errors(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            raise UserError(flatten_message(str(error))) from None
+        except OSError as error:
+            raise UserError(flatten_message(describe_os_error(error))) from None
+
+    return exit_on_user_error(one_line_errors)

@@ -1,6 +1,9 @@
 """Prepare KolektorSDD2: the official zip -> `<datasets>/KolektorSDD2/{train,test}/<id>.png, <id>_GT.png`,
 plus the `split_weakly_<N>.pyb` files (published ones from --splits-dir, else generated defaults).
 
+The archive is unpacked into a hidden sibling folder and moved to `KolektorSDD2` only once its
+train/ and test/ images are there, so a damaged or wrong archive leaves nothing behind.
+
 Usage: python datamodules/setup/prepare_ksdd2.py [--datasets-folder ./datasets] [--archive PATH]
            [--keep-archive] [--splits-dir DIR]
 """
@@ -15,13 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.errors import UserError, exit_on_user_error  # noqa: E402
-from common.fileio import atomic_path  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from common.fileio import atomic_path, check_writable_dir  # noqa: E402
 from datamodules.setup.download import (  # noqa: E402
     archive_argument_parser,
     extract_archive,
+    move_into_place,
+    prepare_entry_point,
     remove_downloaded_archive,
     resolve_archive,
+    staging_folder,
 )
 
 # The ViCoS short link (it redirects to the zip) and the MD5 that the SuperSimpleNet authors'
@@ -67,9 +73,8 @@ def _check_split_content(path: Path) -> None:
         )
 
 
-def copy_split_files(splits_dir: Path, root: Path) -> list[Path]:
-    """Validate every `split_weakly_*.pyb` of `splits_dir`, then copy them into `root` (replacing them);
-    returns the copies."""
+def published_split_files(splits_dir: Path) -> list[Path]:
+    """The `split_weakly_*.pyb` files of `splits_dir`, each checked to be a well-formed split file."""
     if not splits_dir.is_dir():
         raise UserError(f"--splits-dir {splits_dir} is not a directory; pass the folder holding split_weakly_<N>.pyb")
     sources = sorted(splits_dir.glob(SPLIT_PATTERN))
@@ -77,8 +82,15 @@ def copy_split_files(splits_dir: Path, root: Path) -> list[Path]:
         raise UserError(
             f"--splits-dir {splits_dir} holds no {SPLIT_PATTERN} files; pass the folder holding the published splits"
         )
-    for source in sources:  # all checked before any is copied, so a bad file changes nothing
+    for source in sources:
         _check_split_content(source)
+    return sources
+
+
+def copy_split_files(splits_dir: Path, root: Path) -> list[Path]:
+    """Validate every `split_weakly_*.pyb` of `splits_dir`, then copy them into `root` (replacing them);
+    returns the copies."""
+    sources = published_split_files(splits_dir)  # all checked before any is copied: a bad file changes nothing
     copies = []
     for source in sources:
         with atomic_path(root / source.name) as tmp:
@@ -100,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@exit_on_user_error
+@prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract KolektorSDD2 unless its images are there; then copy or generate the split files."""
     args = parse_args(argv)
@@ -108,18 +120,23 @@ def main(argv: list[str] | None = None) -> None:
     if images_present(root) and not missing_split_files(root) and args.splits_dir is None:
         print(f"KolektorSDD2 is already prepared in {root} (images and split files); nothing to do")
         return
+    check_writable_dir(args.datasets_folder, "--datasets-folder")
+    if args.splits_dir is not None:
+        published_split_files(args.splits_dir)  # a bad --splits-dir fails before any download
     if images_present(root):
         print(f"using the KolektorSDD2 images already in {root}")
     else:
         download_path = args.datasets_folder / ARCHIVE_NAME
         archive, downloaded = resolve_archive(args.archive, KSDD2_URL, download_path, md5=KSDD2_MD5)
         print(f"extracting {archive}\n  -> {root}")
-        extract_archive(archive, root)
-        if not images_present(root):
-            raise UserError(
-                f"after extracting {archive}, {root} has no train/ and test/ images; "
-                "the archive is not KolektorSDD2, download the official one again"
-            )
+        with staging_folder(root, shown_as=archive) as staging:
+            extract_archive(archive, staging)
+            if not images_present(staging):
+                raise UserError(
+                    f"{archive} has no train/ and test/ images; nothing was put in {root}; "
+                    "the archive is not KolektorSDD2, download the official one again"
+                )
+            move_into_place(staging, root)
         remove_downloaded_archive(archive, downloaded, args.keep_archive)
     if args.splits_dir is not None:
         copies = copy_split_files(args.splits_dir, root)

@@ -1,6 +1,9 @@
 """Prepare MVTec AD: the official archive -> `<datasets>/mvtec/<category>/{train/good, test/<type>,
 ground_truth/<type>/<name>_mask.png}`, checked to hold all 15 categories.
 
+The archive is unpacked into a hidden sibling folder and moved to `mvtec` only once all categories
+are there, so a damaged or wrong archive leaves nothing behind and the next run starts clean.
+
 Usage: python datamodules/setup/prepare_mvtec.py [--datasets-folder ./datasets] [--archive PATH] [--keep-archive]
 """
 
@@ -13,12 +16,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.errors import UserError, exit_on_user_error  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from common.fileio import check_writable_dir  # noqa: E402
 from datamodules.setup.download import (  # noqa: E402
     archive_argument_parser,
     extract_archive,
+    move_into_place,
+    prepare_entry_point,
     remove_downloaded_archive,
     resolve_archive,
+    staging_folder,
 )
 
 # Official archive and its SHA-256 as published in anomalib's MVTec AD datamodule.
@@ -36,10 +43,10 @@ CATEGORIES = (
 )
 
 
-def missing_categories(root: Path) -> list[str]:
-    """Categories of CATEGORIES without `train/good`, `test` and `ground_truth` folders under `root`."""
+def missing_categories(*roots: Path) -> list[str]:
+    """Categories of CATEGORIES with `train/good`, `test` and `ground_truth` folders under none of `roots`."""
     required = ("train/good", "test", "ground_truth")
-    return [c for c in CATEGORIES if not all((root / c / sub).is_dir() for sub in required)]
+    return [c for c in CATEGORIES if not any(all((root / c / sub).is_dir() for sub in required) for root in roots)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@exit_on_user_error
+@prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract MVTec AD into `<datasets>/mvtec` unless it is already complete there."""
     args = parse_args(argv)
@@ -59,16 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     if not missing_categories(root):
         print(f"MVTec AD is already prepared in {root} ({len(CATEGORIES)} categories); nothing to do")
         return
+    check_writable_dir(args.datasets_folder, "--datasets-folder")
     download_path = args.datasets_folder / ARCHIVE_NAME
     archive, downloaded = resolve_archive(args.archive, MVTEC_URL, download_path, sha256=MVTEC_SHA256)
     print(f"extracting {archive}\n  -> {root}")
-    extract_archive(archive, root)
-    missing = missing_categories(root)
-    if missing:
-        raise UserError(
-            f"after extracting {archive}, {root} lacks categories {', '.join(missing)} "
-            "(train/good, test, ground_truth); the archive is not the complete MVTec AD, download the official one again"
-        )
+    with staging_folder(root, shown_as=archive) as staging:
+        extract_archive(archive, staging)
+        # Categories already complete in `root` count: the archive only has to supply the others.
+        missing = missing_categories(staging, root)
+        if missing:
+            raise UserError(
+                f"{archive} lacks the categories {', '.join(missing)} (train/good, test, ground_truth); "
+                f"nothing was put in {root}; the archive is not the complete MVTec AD, download the official one again"
+            )
+        move_into_place(staging, root)
     remove_downloaded_archive(archive, downloaded, args.keep_archive)
     print(f"MVTec AD ready: {len(CATEGORIES)} categories in {root}")
 

@@ -4,14 +4,15 @@ the expected layout lacks (exit 2) or the image counts per category.
 SensumSODF (Sensum Solid Oral Dosage Forms dataset) is not freely downloadable; it is given on
 request by its authors.
 
+A copy is checked first and made into a hidden sibling folder that gets the final name only once
+complete, so a failed copy leaves nothing behind and the next run starts clean.
+
 Usage: python datamodules/setup/prepare_sensum.py [--datasets-folder ./datasets] [--source DIR]
 """
 
 import argparse
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 # The script form (`python datamodules/setup/prepare_sensum.py`) runs from anywhere: make the repo importable.
@@ -19,7 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.errors import UserError, exit_on_user_error  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from common.fileio import check_writable_dir  # noqa: E402
+from datamodules.setup.download import move_into_place, prepare_entry_point, staging_folder  # noqa: E402
 
 DATASET_FOLDER = "SensumSODF"
 HOW_TO_OBTAIN = (
@@ -45,14 +48,29 @@ def _categories() -> tuple[str, ...]:
 
 
 def copy_dataset(source: Path, target: Path) -> None:
-    """Copy `source` to `target` through a staging folder, so an interrupted copy leaves no `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.copying-", dir=target.parent))
-    try:
-        shutil.copytree(source, staging / target.name)
-        os.replace(staging / target.name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Copy `source` to `target` through a staging folder, so a failed or interrupted copy leaves no `target`."""
+    resolved_source = source.resolve()
+    if resolved_source == target.resolve() or resolved_source in target.resolve().parents:
+        raise UserError(f"--source {source} contains the destination {target}; pass the folder of your copy itself")
+    with staging_folder(target) as staging:
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        except shutil.Error as error:  # one (source, destination, reason) per file that failed
+            failures = error.args[0] if error.args and isinstance(error.args[0], list) else []
+            first = f"; first: {failures[0][0]}: {failures[0][2]}" if failures and len(failures[0]) == 3 else ""
+            raise UserError(
+                f"cannot copy {len(failures) or 'some'} file(s) of {source}{first}; nothing was put in {target}; "
+                "check the files' permissions and the free disk space"
+            ) from None
+        move_into_place(staging, target)
+
+
+def report_missing(missing: list[str], root: Path, fix: str) -> UserError:
+    """List `missing` on stderr, one per line; the UserError to raise after that list."""
+    print(f"SensumSODF in {root} is incomplete; missing:", file=sys.stderr)
+    for item in missing:
+        print(f"  {item}", file=sys.stderr)
+    return UserError(f"{len(missing)} folders/files listed above are missing from {root}; {fix}")
 
 
 def image_counts(root: Path) -> dict[str, dict[str, int]]:
@@ -82,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@exit_on_user_error
+@prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Copy the user's SensumSODF in (when absent), then list what is missing or summarise it."""
     from datamodules.sensum import check_sensum
@@ -96,18 +114,19 @@ def main(argv: list[str] | None = None) -> None:
             action = "nothing to copy" if same else "not copying over it (delete it to copy again)"
             print(f"SensumSODF is already in {target}; {action}")
         else:
+            check_writable_dir(args.datasets_folder, "--datasets-folder")
+            missing = check_sensum(source)
+            if missing:  # checked before copying: an incomplete copy is never put in place
+                raise report_missing(
+                    missing, source, f"nothing was copied to {target}; complete your copy from the authors' files"
+                )
             print(f"copying {source}\n  -> {target}")
             copy_dataset(source, target)
     elif not target.exists():
         raise UserError(f"SensumSODF not found at {target}; {HOW_TO_OBTAIN}")
     missing = check_sensum(target)
     if missing:
-        print(f"SensumSODF in {target} is incomplete; missing:", file=sys.stderr)
-        for item in missing:
-            print(f"  {item}", file=sys.stderr)
-        raise UserError(
-            f"{len(missing)} folders/files listed above are missing from {target}; complete your copy from the authors' files"
-        )
+        raise report_missing(missing, target, "complete your copy from the authors' files")
     for category, numbers in image_counts(target).items():
         print(f"  {category}: " + ", ".join(f"{n} {name}" for name, n in numbers.items()))
     print(f"SensumSODF ready in {target}")

@@ -5,6 +5,10 @@ one-class split `split_csv/1cls.csv`.
 Images are copied unchanged (name and extension kept); VisA's 0/1 masks are stored as 0/255 PNGs
 at `ground_truth/bad/<image stem>.png`.
 
+The archive is unpacked into a hidden sibling folder, visa_pytorch is built inside it, and the
+whole moves to `visa` only once every category came out complete; a damaged or wrong archive
+leaves nothing behind and the next run starts clean.
+
 Usage: python datamodules/setup/prepare_visa.py [--datasets-folder ./datasets] [--archive PATH] [--keep-archive]
 """
 
@@ -14,8 +18,8 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,12 +30,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.errors import UserError, exit_on_user_error  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from common.fileio import check_writable_dir, make_temporary_dir  # noqa: E402
 from datamodules.setup.download import (  # noqa: E402
     archive_argument_parser,
     extract_archive,
+    move_into_place,
+    prepare_entry_point,
     remove_downloaded_archive,
     resolve_archive,
+    staging_folder,
 )
 
 # Official archive and its SHA-256 (the checksum anomalib's VisA datamodule verifies).
@@ -56,13 +64,18 @@ def read_split_rows(csv_path: Path) -> list[dict[str, str]]:
     """`split_csv/1cls.csv` -> its rows as dicts (columns object, split, label, image, mask), checked."""
     if not csv_path.is_file():
         raise UserError(f"VisA split file {csv_path} not found; extract the official {ARCHIVE_NAME} there")
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        absent = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if absent:
-            columns = ", ".join(absent)
-            raise UserError(f"VisA split file {csv_path} lacks columns {columns}; use the archive's own 1cls.csv")
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            absent = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if absent:
+                columns = ", ".join(absent)
+                raise UserError(f"VisA split file {csv_path} lacks columns {columns}; use the archive's own 1cls.csv")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(
+            f"VisA split file {csv_path} is not a readable CSV ({error}); use the archive's own 1cls.csv"
+        ) from None
     if not rows:
         raise UserError(f"VisA split file {csv_path} has no rows; use the archive's own 1cls.csv")
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -130,18 +143,29 @@ def _build_into(rows: list[dict[str, str]], raw_root: Path, csv_path: Path, outp
     return counts
 
 
-def build_visa_pytorch(raw_root: Path, output_root: Path) -> dict[str, dict[str, int]]:
+def build_visa_pytorch(
+    raw_root: Path, output_root: Path, required: Sequence[str] = ()
+) -> dict[str, dict[str, int]]:
     """Extracted VisA at `raw_root` -> `output_root/<cat>/...` (built aside, then swapped in whole);
-    returns image counts per category: {"train/good": n, "test/good": n, "test/bad": n}."""
+    returns image counts per category: {"train/good": n, "test/good": n, "test/bad": n}.
+
+    When a category of `required` does not come out complete, nothing is swapped in (UserError)."""
     raw_root, output_root = Path(raw_root), Path(output_root)
     csv_path = raw_root / SPLIT_CSV
     rows = read_split_rows(csv_path)
     output_root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_root.name}.building-", dir=output_root.parent))
+    # Not tempfile.mkdtemp: its 0700 would stay on visa_pytorch after the rename.
+    staging = make_temporary_dir(output_root.parent, f".{output_root.name}.building-")
     try:
         counts = _build_into(rows, raw_root, csv_path, staging)
+        incomplete = [c for c in required if not all((staging / c / f).is_dir() for f in LAYOUT_FOLDERS)]
+        if incomplete:
+            raise UserError(
+                f"{csv_path} lists no complete {', '.join(incomplete)} ({', '.join(LAYOUT_FOLDERS)}); "
+                "the archive is not the complete VisA, download the official one again"
+            )
         if output_root.exists():  # an older build: move it aside so the swap itself is one rename
-            old = Path(tempfile.mkdtemp(prefix=f".{output_root.name}.old-", dir=output_root.parent))
+            old = make_temporary_dir(output_root.parent, f".{output_root.name}.old-")
             os.replace(output_root, old / output_root.name)
             os.replace(staging, output_root)
             shutil.rmtree(old, ignore_errors=True)
@@ -167,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@exit_on_user_error
+@prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract VisA (unless already extracted) and build visa_pytorch (unless already complete)."""
     args = parse_args(argv)
@@ -176,22 +200,24 @@ def main(argv: list[str] | None = None) -> None:
     if not missing_categories(output_root):
         print(f"VisA is already prepared in {output_root} ({len(CATEGORIES)} categories); nothing to do")
         return
-    archive, downloaded = None, False
+    check_writable_dir(args.datasets_folder, "--datasets-folder")
     if (raw_root / SPLIT_CSV).is_file() and args.archive is None:
         print(f"using the VisA already extracted in {raw_root}")
+        counts = build_visa_pytorch(raw_root, output_root, required=CATEGORIES)
     else:
         download_path = args.datasets_folder / ARCHIVE_NAME
         archive, downloaded = resolve_archive(args.archive, VISA_URL, download_path, sha256=VISA_SHA256)
         print(f"extracting {archive}\n  -> {raw_root}")
-        extract_archive(archive, raw_root)
-    counts = build_visa_pytorch(raw_root, output_root)
-    missing = missing_categories(output_root)
-    if missing:
-        raise UserError(
-            f"{raw_root / SPLIT_CSV} gave no complete {', '.join(missing)} in {output_root}; "
-            "the archive is not the complete VisA, download the official one again"
-        )
-    if archive is not None:
+        with staging_folder(raw_root, shown_as=archive) as staging:
+            extract_archive(archive, staging)
+            if not (staging / SPLIT_CSV).is_file():
+                raise UserError(
+                    f"{archive} has no {SPLIT_CSV.as_posix()}; nothing was put in {raw_root}; "
+                    "the archive is not VisA, download the official one again"
+                )
+            counts = build_visa_pytorch(staging, staging / OUTPUT_FOLDER, required=CATEGORIES)
+            # Raw files merge with an earlier extraction; the old (incomplete) visa_pytorch is replaced.
+            move_into_place(staging, raw_root, replace_whole=(OUTPUT_FOLDER,))
         remove_downloaded_archive(archive, downloaded, args.keep_archive)
     for category, numbers in sorted(counts.items()):
         print(f"  {category}: " + ", ".join(f"{n} {folder}" for folder, n in numbers.items()))

@@ -1,12 +1,19 @@
 """The prepare_* scripts on tiny generated archives in the official layouts (no network)."""
 
+import contextlib
 import csv
+import errno
 import functools
 import hashlib
 import http.server
+import io
+import os
 import pickle
+import shutil
+import stat
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -332,3 +339,268 @@ def test_prepare_sensum_without_copy_says_how_to_get_it(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "request" in err and "--source" in err
+
+
+# --- a failed run leaves nothing under the final name; errors are one line; folder checks come first ---
+
+
+@contextlib.contextmanager
+def umask(value: int):
+    previous = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def error_lines(err: str) -> list[str]:
+    """The `error:` lines of stderr (progress bars also write there, with carriage returns)."""
+    return [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+
+
+def assert_one_error_line(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert err.rstrip().endswith(lines[0])  # nothing (no continuation line) after it
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def run_exit_code(main, argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def test_prepare_mvtec_wrong_archive_leaves_nothing_and_the_next_run_works(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare_mvtec, "CATEGORIES", ("bottle", "zipper"))
+    datasets = tmp_path / "datasets"
+    partial = make_mvtec_archive(tmp_path / "partial", ("bottle",))
+    assert run_exit_code(prepare_mvtec.main, ["--datasets-folder", str(datasets), "--archive", str(partial)]) == 2
+    line = assert_one_error_line(capsys, "zipper", str(partial))
+    assert ".staging-" not in line  # the user is shown the archive, not a deleted temporary folder
+    assert list(datasets.iterdir()) == []  # no mvtec/bottle, no staging folder
+    complete = make_mvtec_archive(tmp_path / "complete", ("bottle", "zipper"))
+    prepare_mvtec.main(["--datasets-folder", str(datasets), "--archive", str(complete)])
+    assert "MVTec AD ready" in capsys.readouterr().out
+    assert sorted(p.name for p in datasets.iterdir()) == ["mvtec"]
+    assert (datasets / "mvtec" / "zipper" / "ground_truth" / "crack" / "000_mask.png").is_file()
+
+
+def test_prepare_mvtec_damaged_archive_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare_mvtec, "CATEGORIES", ("bottle",))
+    datasets = tmp_path / "datasets"
+    folder = tmp_path / "odd\nname"  # a line break in the path must not split the message
+    folder.mkdir()
+    damaged = folder / prepare_mvtec.ARCHIVE_NAME
+    good = make_mvtec_archive(tmp_path, ("bottle",))
+    damaged.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # truncated download
+    assert run_exit_code(prepare_mvtec.main, ["--datasets-folder", str(datasets), "--archive", str(damaged)]) == 2
+    assert_one_error_line(capsys, "cannot extract", "odd name")
+    assert list(datasets.iterdir()) == []
+    prepare_mvtec.main(["--datasets-folder", str(datasets), "--archive", str(good)])
+    assert (datasets / "mvtec" / "bottle" / "train" / "good" / "000.png").is_file()
+
+
+def test_prepare_mvtec_completes_an_earlier_partial_folder_and_clears_stale_staging(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_mvtec, "CATEGORIES", ("bottle", "zipper"))
+    datasets = tmp_path / "datasets"
+    root = datasets / "mvtec"
+    (root / "bottle" / "train" / "good").mkdir(parents=True)
+    (root / "bottle" / "test").mkdir()
+    (root / "bottle" / "ground_truth").mkdir()
+    (root / "my_notes.txt").write_text("mine")
+    stale = datasets / ".mvtec.staging-killed"  # left by a killed earlier run
+    (stale / "bottle").mkdir(parents=True)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    archive = make_mvtec_archive(tmp_path, ("zipper",))
+    prepare_mvtec.main(["--datasets-folder", str(datasets), "--archive", str(archive)])
+    assert (root / "zipper" / "test" / "crack" / "000.png").is_file()
+    assert (root / "my_notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in datasets.iterdir()) == ["mvtec"]
+
+
+def test_prepare_mvtec_folder_gets_the_umask_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_mvtec, "CATEGORIES", ("bottle",))
+    archive = make_mvtec_archive(tmp_path, ("bottle",))
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    with umask(0o022):
+        prepare_mvtec.main(["--datasets-folder", str(datasets), "--archive", str(archive)])
+    assert stat.S_IMODE(os.stat(datasets / "mvtec").st_mode) == 0o755  # not a temporary folder's 0700
+
+
+def make_ksdd2_like_zip_without_images(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zip_file:
+        zip_file.writestr("readme.txt", "not KolektorSDD2")
+        zip_file.writestr("train/notes.txt", "no images here")
+    return path
+
+
+def test_prepare_ksdd2_wrong_archive_leaves_nothing_and_the_next_run_works(tmp_path, capsys):
+    datasets = tmp_path / "datasets"
+    wrong = make_ksdd2_like_zip_without_images(tmp_path / "wrong.zip")
+    assert run_exit_code(prepare_ksdd2.main, ["--datasets-folder", str(datasets), "--archive", str(wrong)]) == 2
+    assert_one_error_line(capsys, "no train/ and test/ images", str(wrong))
+    assert list(datasets.iterdir()) == []
+    prepare_ksdd2.main(["--datasets-folder", str(datasets), "--archive", str(make_ksdd2_zip(tmp_path / "k.zip"))])
+    assert "KolektorSDD2 ready" in capsys.readouterr().out
+    assert prepare_ksdd2.image_count(datasets / "KolektorSDD2", "train") == 5
+
+
+def test_prepare_ksdd2_checks_the_splits_dir_before_extracting(tmp_path, capsys):
+    datasets = tmp_path / "datasets"
+    archive = make_ksdd2_zip(tmp_path / "k.zip")
+    code = run_exit_code(
+        prepare_ksdd2.main,
+        ["--datasets-folder", str(datasets), "--archive", str(archive), "--splits-dir", str(tmp_path / "absent")],
+    )
+    assert code == 2
+    assert_one_error_line(capsys, "--splits-dir")
+    assert not (datasets / "KolektorSDD2").exists()
+
+
+def test_prepare_visa_bad_archive_leaves_nothing_and_the_next_run_works(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare_visa, "CATEGORIES", tuple(VISA_TINY))
+    make_raw_visa(tmp_path / "raw")
+    good = _tar_directory(tmp_path / "raw", tmp_path / "VisA_20220922.tar", "w")
+    (tmp_path / "raw" / "pcb1" / "Data" / "Images" / "Anomaly" / "002.JPG").unlink()
+    broken = _tar_directory(tmp_path / "raw", tmp_path / "broken.tar", "w")
+    datasets = tmp_path / "datasets"
+    assert run_exit_code(prepare_visa.main, ["--datasets-folder", str(datasets), "--archive", str(broken)]) == 2
+    line = assert_one_error_line(capsys, f"{broken}:pcb1/Data/Images/Anomaly/002.JPG")
+    assert ".staging-" not in line
+    assert list(datasets.iterdir()) == []  # no raw visa/ that a rerun would take for a good extraction
+    prepare_visa.main(["--datasets-folder", str(datasets), "--archive", str(good)])
+    assert "VisA ready" in capsys.readouterr().out
+    assert len(list((datasets / "visa" / "visa_pytorch" / "pcb1" / "test" / "bad").iterdir())) == 3
+
+
+def test_prepare_visa_archive_without_split_file_is_refused(tmp_path, capsys):
+    datasets = tmp_path / "datasets"
+    archive = _tar_with_files(tmp_path / "other.tar", {"candle/readme.txt": b"not visa"})
+    assert run_exit_code(prepare_visa.main, ["--datasets-folder", str(datasets), "--archive", str(archive)]) == 2
+    assert_one_error_line(capsys, "split_csv/1cls.csv", "not VisA")
+    assert list(datasets.iterdir()) == []
+
+
+def test_prepare_visa_incomplete_categories_build_no_visa_pytorch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare_visa, "CATEGORIES", (*VISA_TINY, "cashew"))
+    make_raw_visa(tmp_path / "datasets" / "visa")
+    assert run_exit_code(prepare_visa.main, ["--datasets-folder", str(tmp_path / "datasets")]) == 2
+    assert_one_error_line(capsys, "cashew")
+    assert not (tmp_path / "datasets" / "visa" / "visa_pytorch").exists()
+    assert [p.name for p in (tmp_path / "datasets" / "visa").iterdir() if p.name.startswith(".")] == []
+
+
+def test_prepare_visa_disk_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare_visa, "CATEGORIES", tuple(VISA_TINY))
+    make_raw_visa(tmp_path / "datasets" / "visa")
+
+    def disk_full(source, destination):
+        raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+
+    monkeypatch.setattr(prepare_visa.shutil, "copyfile", disk_full)
+    assert run_exit_code(prepare_visa.main, ["--datasets-folder", str(tmp_path / "datasets")]) == 2
+    assert_one_error_line(capsys, "No space left on device", "free disk space")
+    assert not (tmp_path / "datasets" / "visa" / "visa_pytorch").exists()
+
+
+def test_build_visa_pytorch_gets_the_umask_mode(tmp_path):
+    raw = tmp_path / "visa"
+    make_raw_visa(raw)
+    with umask(0o027):
+        prepare_visa.build_visa_pytorch(raw, raw / "visa_pytorch")
+    assert stat.S_IMODE(os.stat(raw / "visa_pytorch").st_mode) == 0o750
+
+
+def _tar_with_files(archive: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def test_prepare_sensum_incomplete_source_copies_nothing_and_the_next_run_works(tmp_path, capsys):
+    datasets = tmp_path / "datasets"
+    incomplete = tmp_path / "incomplete"
+    make_sensum_copy(incomplete, with_splits=False)
+    assert run_exit_code(prepare_sensum.main, ["--datasets-folder", str(datasets), "--source", str(incomplete)]) == 2
+    assert_one_error_line(capsys, "nothing was copied")
+    assert list(datasets.iterdir()) == []  # no half SensumSODF that would block the next --source
+    complete = tmp_path / "complete"
+    make_sensum_copy(complete)
+    prepare_sensum.main(["--datasets-folder", str(datasets), "--source", str(complete)])
+    assert "SensumSODF ready" in capsys.readouterr().out
+
+
+def test_prepare_sensum_failed_copy_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "copy"
+    make_sensum_copy(source)
+    datasets = tmp_path / "datasets"
+    real_copytree = shutil.copytree
+
+    def copytree_with_unreadable_files(src, dst, *args, **kwargs):
+        real_copytree(src, dst, *args, **kwargs)  # most files arrive, two do not
+        if Path(src) != source:  # copytree calls itself for subfolders
+            return dst
+        raise shutil.Error([
+            (f"{src}/capsule/a.png", f"{dst}/capsule/a.png", "[Errno 13] Permission denied:\n'a.png'"),
+            (f"{src}/capsule/b.png", f"{dst}/capsule/b.png", "[Errno 13] Permission denied: 'b.png'"),
+        ])
+
+    monkeypatch.setattr(prepare_sensum.shutil, "copytree", copytree_with_unreadable_files)
+    assert run_exit_code(prepare_sensum.main, ["--datasets-folder", str(datasets), "--source", str(source)]) == 2
+    assert_one_error_line(capsys, "cannot copy 2 file(s)", "a.png", "Permission denied")
+    assert list(datasets.iterdir()) == []
+
+
+def test_prepare_sensum_refuses_a_source_holding_the_destination(tmp_path, capsys):
+    make_sensum_copy(tmp_path / "data")
+    code = run_exit_code(
+        prepare_sensum.main, ["--datasets-folder", str(tmp_path / "data"), "--source", str(tmp_path / "data")]
+    )
+    assert code == 2
+    assert_one_error_line(capsys, "contains the destination")
+    assert not (tmp_path / "data" / "SensumSODF").exists()
+
+
+SCRIPTS_WRITING_THE_DATASETS_FOLDER = {
+    "mvtec": (prepare_mvtec, "MVTEC_URL", []),
+    "visa": (prepare_visa, "VISA_URL", []),
+    "ksdd2": (prepare_ksdd2, "KSDD2_URL", []),
+    "sensum": (prepare_sensum, None, ["--source", "{source}"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS_WRITING_THE_DATASETS_FOLDER))
+@pytest.mark.parametrize("problem", ["is a file", "cannot be created"])
+def test_unusable_datasets_folder_is_reported_before_any_download(tmp_path, monkeypatch, capsys, script, problem):
+    module, url_name, extra = SCRIPTS_WRITING_THE_DATASETS_FOLDER[script]
+    if url_name:  # a download attempt would fail with a different message
+        monkeypatch.setattr(module, url_name, "http://127.0.0.1:9/never-contacted")
+    source = tmp_path / "sensum_copy"
+    make_sensum_copy(source)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    datasets = blocker if problem == "is a file" else blocker / "datasets"
+    argv = ["--datasets-folder", str(datasets)] + [a.format(source=source) for a in extra]
+    assert run_exit_code(module.main, argv) == 2
+    assert_one_error_line(capsys, f"--datasets-folder {datasets} {problem}")
+    assert blocker.read_text() == "a file"
+
+
+def test_build_visa_pytorch_unreadable_csv_is_a_user_error(tmp_path):
+    raw = tmp_path / "visa"
+    make_raw_visa(raw)
+    (raw / "split_csv" / "1cls.csv").write_bytes(b"object,split,label,image,mask\n\xff\xfe\xfa,train\n")
+    with pytest.raises(UserError, match="not a readable CSV") as error:
+        prepare_visa.build_visa_pytorch(raw, raw / "visa_pytorch")
+    assert "\n" not in str(error.value)
+    assert not (raw / "visa_pytorch").exists()

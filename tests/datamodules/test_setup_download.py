@@ -3,16 +3,24 @@
 import hashlib
 import http.server
 import io
+import os
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from common.errors import UserError
-from datamodules.setup.download import download_file, extract_archive
+from datamodules.setup.download import (
+    download_file,
+    extract_archive,
+    move_into_place,
+    prepare_entry_point,
+    staging_folder,
+)
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB, every byte position distinguishable
 HALF = len(PAYLOAD) // 2
@@ -230,3 +238,92 @@ def test_extract_refuses_unknown_and_damaged_archives(tmp_path):
     with pytest.raises(UserError, match="damaged"):
         extract_archive(damaged, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_extract_error_is_one_line_when_the_path_has_a_line_break(tmp_path):
+    folder = tmp_path / "two\nlines"
+    folder.mkdir()
+    damaged = folder / "damaged.tar.gz"
+    damaged.write_bytes(b"\x1f\x8b this is not gzip data")
+    with pytest.raises(UserError, match="cannot extract") as error:
+        extract_archive(damaged, tmp_path / "out")
+    assert "\n" not in str(error.value) and "two lines" in str(error.value)
+
+
+def test_staging_folder_is_a_hidden_sibling_removed_on_failure(tmp_path):
+    final = tmp_path / "mvtec"
+    with pytest.raises(RuntimeError):
+        with staging_folder(final) as staging:
+            assert staging.parent == tmp_path and staging.name.startswith(".mvtec.staging-")
+            (staging / "bottle").mkdir()
+            raise RuntimeError("archive broke")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_folder_shows_paths_inside_it_as_archive_members(tmp_path):
+    archive = tmp_path / "VisA.tar"
+    with pytest.raises(UserError) as error:
+        with staging_folder(tmp_path / "visa", shown_as=archive) as staging:
+            raise UserError(f"{staging / 'split_csv' / '1cls.csv'} line 3: bad row; in {staging}")
+    assert str(error.value) == f"{archive}:split_csv/1cls.csv line 3: bad row; in {archive}"
+
+
+def test_staging_folder_removes_only_stale_stagings_of_its_own_name(tmp_path):
+    old = time.time() - 3600
+    stale = tmp_path / ".mvtec.staging-abc"
+    other_name = tmp_path / ".visa.staging-abc"
+    for folder in (stale, other_name):
+        (folder / "partial").mkdir(parents=True)
+        os.utime(folder, (old, old))
+    recent = tmp_path / ".mvtec.staging-recent"  # e.g. a run that started after this process
+    recent.mkdir()
+    with staging_folder(tmp_path / "mvtec"):
+        pass
+    assert not stale.exists() and other_name.is_dir() and recent.is_dir()
+
+
+def test_move_into_place_renames_when_the_final_folder_is_new(tmp_path):
+    staging = tmp_path / ".data.staging-x"
+    (staging / "a").mkdir(parents=True)
+    (staging / "a" / "f.txt").write_text("new")
+    inode = os.stat(staging).st_ino
+    move_into_place(staging, tmp_path / "data")
+    assert os.stat(tmp_path / "data").st_ino == inode  # one rename: never visible half-moved
+    assert (tmp_path / "data" / "a" / "f.txt").read_text() == "new"
+    assert not staging.exists()
+
+
+def test_move_into_place_merges_into_an_existing_folder_and_replaces_whole_entries(tmp_path):
+    final = tmp_path / "visa"
+    (final / "candle").mkdir(parents=True)
+    (final / "candle" / "kept.txt").write_text("kept")
+    (final / "visa_pytorch" / "stale_category").mkdir(parents=True)
+    staging = tmp_path / ".visa.staging-x"
+    (staging / "candle").mkdir(parents=True)
+    (staging / "candle" / "new.txt").write_text("new")
+    (staging / "visa_pytorch" / "candle").mkdir(parents=True)
+    move_into_place(staging, final, replace_whole=("visa_pytorch",))
+    assert (final / "candle" / "kept.txt").read_text() == "kept"
+    assert (final / "candle" / "new.txt").read_text() == "new"
+    assert sorted(p.name for p in (final / "visa_pytorch").iterdir()) == ["candle"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["visa"]
+
+
+def test_prepare_entry_point_turns_file_system_errors_into_one_line(capsys):
+    @prepare_entry_point
+    def main():
+        raise PermissionError(13, "Permission denied", "/data/sets/mvtec")
+
+    @prepare_entry_point
+    def main_with_multiline_user_error():
+        raise UserError("while parsing\n  in 'x', line 2\n    ^ here")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    hint = "check the path, its permissions and the free disk space"
+    assert err == f"error: Permission denied: /data/sets/mvtec; {hint}\n"
+    with pytest.raises(SystemExit):
+        main_with_multiline_user_error()
+    assert capsys.readouterr().err == "error: while parsing in 'x', line 2 ^ here\n"
