@@ -1,91 +1,168 @@
-"""A run's settings: the dataset's defaults, then an optional YAML file, then `key=value` overrides.
+"""A run's settings: the published defaults of the dataset and version, then an optional YAML
+file, then `key=value` overrides, then the rules that derive settings from others.
 
-Every key must already exist in the defaults and keep its type (an int is accepted
-where a float is expected); anything else is a UserError, never silently ignored.
+`SETTINGS` is the one table of every setting: its default, the values it accepts (checked at
+start, the message naming the setting, the value and the range) and what it means. Dataset
+defaults come from the dataset catalogue (common/catalog.py), version defaults from
+`VERSION_SETTINGS`. An unknown key or a wrong type is a UserError, never silently ignored.
 """
 
 import copy
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
+from common.catalog import KSDD2_NUM_SEGMENTED, SENSUM_FOLDS, dataset_entry
 from common.errors import UserError
 
-# The paper's unsupervised configuration (SPEC §4); every dataset starts from here.
-BASE_CONFIG: dict[str, Any] = {
+VERSIONS = ("jims", "icpr")
+DEFAULT_VERSION = "jims"  # as the authors' code today
+BACKBONES = ("wide_resnet50_2", "wide_resnet101_2", "resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONE_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+NO_ANOMALY_CHOICES = ("empty", "full", "none")
+MIN_IMAGE_SIDE = 32
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: default value, a check of its value, the accepted values in words, its meaning."""
+
+    default: Any
+    check: Callable[[Any], bool]
+    accepted: str
+    meaning: str
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _at_least(low: int) -> Callable[[int], bool]:
+    return lambda value: value >= low
+
+
+def _one_of(choices: tuple) -> Callable[[Any], bool]:
+    return lambda value: value in choices
+
+
+def _image_size(value: list) -> bool:
+    # [] = the dataset's own size per category
+    return value == [] or (len(value) == 2 and all(isinstance(v, int) and v >= MIN_IMAGE_SIDE for v in value))
+
+
+def _layers(value: list) -> bool:
+    return bool(value) and all(v in BACKBONE_LAYERS for v in value) and len(set(value)) == len(value)
+
+
+def _any(_value: Any) -> bool:
+    return True
+
+
+# Every setting a run knows. Defaults are the published unsupervised configuration; the model's
+# constructor takes its defaults from here (docs/method.md, "Datasets" and "Optimisation").
+SETTINGS: dict[str, Setting] = {
     # model
-    "backbone": "wide_resnet50_2",
-    "layers": ["layer2", "layer3"],
-    "patch_size": 3,
-    "pretrained": True,  # False = random backbone weights; only for smoke tests, every output says so
-    "adapt_cls_features": True,  # True = ICPR model; False = journal extension
-    "stop_grad": True,
+    "backbone": Setting("wide_resnet50_2", _one_of(BACKBONES), f"one of {', '.join(BACKBONES)}",
+                        "torchvision backbone (frozen)"),
+    "layers": Setting(["layer2", "layer3"], _layers, f"distinct names from {', '.join(BACKBONE_LAYERS)}",
+                      "backbone stages whose features are used, largest first"),
+    "patch_size": Setting(3, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1",
+                          "neighbourhood of the feature average pooling"),
+    "pretrained": Setting(True, _any, "true or false",
+                          "ImageNet backbone weights; false = random (smoke tests only, every output says so)"),
+    "adapt_cls_features": Setting(True, _any, "true or false",
+                                  "classification branch on adapted features (ICPR) or raw ones (journal)"),
+    "stop_grad": Setting(True, _any, "true or false", "the score loss does not reach the segmentation head"),
     # anomaly generation
-    "noise": True,
-    "perlin": True,
-    "no_anomaly": "empty",
-    "bad": True,
-    "overlap": True,
-    "noise_std": 0.015,
-    "perlin_thr": 0.2,
+    "noise": Setting(True, _any, "true or false", "synthetic feature-space anomalies (batch duplicated)"),
+    "perlin": Setting(True, _any, "true or false", "Perlin-shaped noise masks (else SimpleNet's scheme)"),
+    "no_anomaly": Setting("empty", _one_of(NO_ANOMALY_CHOICES), f"one of {', '.join(NO_ANOMALY_CHOICES)}",
+                          "what replaces half of the Perlin masks"),
+    "bad": Setting(True, _any, "true or false", "noise is also added to anomalous samples"),
+    "overlap": Setting(True, _any, "true or false", "noise may overlap the ground-truth defect"),
+    "noise_std": Setting(0.015, _positive, "a number > 0", "standard deviation of the feature noise"),
+    "perlin_thr": Setting(0.2, lambda v: -1.0 <= v < 1.0, "a number in [-1, 1)",
+                          "threshold of the Perlin noise (its values lie in about [-1, 1])"),
     # optimisation
-    "seed": 42,
-    "batch": 32,
-    "epochs": 300,
-    "seg_lr": 2e-4,
-    "dec_lr": 2e-4,
-    "adapt_lr": 1e-4,
-    "gamma": 0.4,
-    "clip_grad": False,
-    "eval_step_size": 4,
+    "seed": Setting(42, _at_least(0), "an integer >= 0", "random seed (run N adds N)"),
+    "batch": Setting(32, _at_least(1), "an integer >= 1", "training batch size"),
+    "epochs": Setting(300, _at_least(1), "an integer >= 1", "training epochs; the last one is kept"),
+    "seg_lr": Setting(2e-4, _positive, "a number > 0", "learning rate of the segmentation head"),
+    "dec_lr": Setting(2e-4, _positive, "a number > 0", "learning rate of the classification head"),
+    "adapt_lr": Setting(1e-4, _positive, "a number > 0", "learning rate of the feature adaptor"),
+    "gamma": Setting(0.4, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]",
+                     "learning-rate factor at 80 % and 90 % of the epochs"),
+    "clip_grad": Setting(False, _any, "true or false", "clip the gradient to total norm 1"),
+    "eval_step_size": Setting(4, _at_least(1), "an integer >= 1", "evaluate every N epochs (monitoring only)"),
     # data
-    "image_size": [256, 256],
-    "flips": False,
-    "num_workers": 4,
+    "image_size": Setting([256, 256], _image_size, f"[height, width], integers >= {MIN_IMAGE_SIDE}",
+                          "network input size"),
+    "flips": Setting(False, _any, "true or false", "supervised positives also flipped and rotated (4x)"),
+    "dilate": Setting(0, _at_least(0), "an integer >= 0",
+                      "journal: dilate training masks with a size x size square (0 = off)"),
+    "dt": Setting([], lambda v: v == [] or (len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)),
+                  "[] or [weight, power], both > 0",
+                  "journal: distance-transform loss weights inside defects ([] = all weights 1)"),
+    "num_workers": Setting(4, _at_least(0), "an integer >= 0", "data-loader worker processes"),
     # bookkeeping
-    "setup_name": "superSimpleNet",
-    "wandb_project": "supersimplenet",
+    "setup_name": Setting("superSimpleNet", lambda v: bool(v) and "/" not in v and v not in (".", ".."),
+                          "a non-empty name without '/'", "results folder name"),
+    "wandb_project": Setting("supersimplenet", lambda v: bool(v), "a non-empty name", "Weights & Biases project"),
 }
 
-# The paper's supervised configuration (SPEC §4), shared by KSDD2 and SensumSODF.
-SUPERVISED_OVERRIDES: dict[str, Any] = {
-    "seed": 456654,
-    "perlin_thr": 0.6,
-    "overlap": False,
-    "flips": True,
-    "stop_grad": False,
-    "clip_grad": True,
+# Settings that only some datasets have; their defaults come from the catalogue.
+DATASET_SETTINGS: dict[str, Setting] = {
+    "num_segmented": Setting(246, _one_of(KSDD2_NUM_SEGMENTED), f"one of {', '.join(map(str, KSDD2_NUM_SEGMENTED))}",
+                             "KolektorSDD2 positives with a pixel mask (0 = weak labels only)"),
+    "ratio_segmented": Setting(1.0, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]",
+                               "SensumSODF share of positives with a pixel mask"),
+    "folds": Setting(list(SENSUM_FOLDS), lambda v: bool(v) and all(f in SENSUM_FOLDS for f in v) and len(set(v)) == len(v),
+                     f"distinct folds from {', '.join(map(str, SENSUM_FOLDS))}", "SensumSODF folds to run"),
 }
 
-DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "mvtec": {},
-    "visa": {"perlin_thr": 0.6},
-    "ksdd2": {**SUPERVISED_OVERRIDES, "image_size": [640, 232], "num_segmented": 246},
-    # image_size per category is fixed by the dataset (capsule 320x192, softgel 144x144)
-    # unless the user sets one; an empty list means "the category's own size".
-    "sensum": {**SUPERVISED_OVERRIDES, "image_size": [], "ratio_segmented": 1.0, "folds": [0, 1, 2]},
-    "folder": {},
-    # A CPU-sized run on the generated demo data: small backbone, no downloads.
-    # Random resnet18 features vary ~10x more than ImageNet WRN50 ones, so the noise is scaled up.
-    "demo": {
-        "backbone": "resnet18",
-        "pretrained": False,
-        "noise_std": 0.15,
-        "image_size": [128, 128],
-        "batch": 4,
-        "epochs": 10,
-        "eval_step_size": 10,
-        "num_workers": 0,
-        "setup_name": "demo",
-    },
-}
+# What the journal version changes (docs/method.md, "Journal version"): the classification
+# branch reads raw features, and supervised datasets dilate masks and weight the loss.
+VERSION_SETTINGS: dict[str, dict[str, Any]] = {"icpr": {}, "jims": {"adapt_cls_features": False}}
+JIMS_SUPERVISED_SETTINGS: dict[str, Any] = {"dilate": 7, "dt": [3, 2]}
+WEAK_PERLIN_THRESHOLD = 0.2  # journal: when no training positive has a mask
 
 
-def default_config(dataset: str) -> dict[str, Any]:
-    if dataset not in DATASET_PRESETS:
-        raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASET_PRESETS)}")
-    return {**copy.deepcopy(BASE_CONFIG), **copy.deepcopy(DATASET_PRESETS[dataset])}
+def check_version(version: str) -> str:
+    if version not in VERSIONS:
+        raise UserError(f"--version {version}: choose one of {', '.join(VERSIONS)}")
+    return version
+
+
+def default_config(dataset: str, version: str = DEFAULT_VERSION) -> dict[str, Any]:
+    """The published settings of `dataset` under `version` (before any file or override)."""
+    check_version(version)
+    try:
+        entry = dataset_entry(dataset)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    # the version is recorded with the settings (printed, stored beside checkpoints) but chosen
+    # with --version, never with --set
+    config: dict[str, Any] = {"version": version}
+    config.update({key: copy.deepcopy(setting.default) for key, setting in SETTINGS.items()})
+    config["image_size"] = list(entry.image_size) if entry.image_size else []
+    config.update(copy.deepcopy(entry.settings))
+    config.update(copy.deepcopy(VERSION_SETTINGS[version]))
+    if version == "jims" and entry.supervised:
+        config.update(copy.deepcopy(JIMS_SUPERVISED_SETTINGS))
+    return config
+
+
+def is_weak_regime(dataset: str, config: dict[str, Any]) -> bool:
+    """True when a supervised dataset is set up with no segmented positive (image labels only)."""
+    setting = dataset_entry(dataset).ratio_setting
+    return bool(setting) and float(config[setting]) == 0.0
+
+
+def _setting(key: str) -> Setting:
+    return SETTINGS.get(key) or DATASET_SETTINGS[key]
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
@@ -120,10 +197,12 @@ def apply_settings(config: dict[str, Any], settings: dict[str, Any], source: str
     """Return a copy of `config` updated with `settings`, checking every key and type."""
     updated = copy.deepcopy(config)
     for key, value in settings.items():
+        if key == "version":
+            raise UserError(f"{source}: the version is chosen with --version jims|icpr, not as a setting")
         if key not in updated:
             known = ", ".join(sorted(updated))
             raise UserError(f"{source}: unknown setting '{key}'; known settings: {known}")
-        updated[key] = _coerce(key, value, updated[key], source)
+        updated[key] = _coerce(key, value, _setting(key).default, source)
     return updated
 
 
@@ -135,19 +214,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError as error:
-        raise UserError(f"--set '{text}': the value is not valid YAML ({error.problem})") from None
+        raise UserError(f"--set '{text}': the value is not valid YAML ({_one_line_yaml_error(error)})") from None
     return key.strip(), value
+
+
+def _one_line_yaml_error(error: yaml.YAMLError) -> str:
+    """PyYAML's messages span lines with a position pointer; keep the problem and its place."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"cannot read config file {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise UserError(f"cannot read config file {path}: {reason}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid YAML: {error}") from None
+        raise UserError(f"config file {path} is not valid YAML: {_one_line_yaml_error(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -155,36 +243,49 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(dataset: str, config_file: Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Defaults of `dataset`, then the YAML file, then `key=value` overrides (later wins)."""
-    config = default_config(dataset)
+def build_config(
+    dataset: str,
+    config_file: Path | None = None,
+    overrides: list[str] | None = None,
+    version: str = DEFAULT_VERSION,
+) -> dict[str, Any]:
+    """Defaults of `dataset` and `version`, then the YAML file, then `key=value` overrides (later
+    wins), then derived settings; checked against `SETTINGS`."""
+    config = default_config(dataset, version)
+    chosen: set[str] = set()
     if config_file is not None:
-        config = apply_settings(config, load_config_file(config_file), f"config file {config_file}")
+        settings = load_config_file(config_file)
+        config = apply_settings(config, settings, f"config file {config_file}")
+        chosen |= set(settings)
     for text in overrides or []:
         key, value = parse_override(text)
         config = apply_settings(config, {key: value}, f"--set {text}")
+        chosen.add(key)
+    # journal: with image labels only, the Perlin threshold of the unsupervised runs is used
+    if version == "jims" and "perlin_thr" not in chosen and is_weak_regime(dataset, config):
+        config["perlin_thr"] = WEAK_PERLIN_THRESHOLD
     validate(config)
     return config
 
 
 def validate(config: dict[str, Any]) -> None:
-    """Checks beyond types: values a run cannot work with."""
-    size = config["image_size"]
-    if size and (len(size) != 2 or not all(isinstance(v, int) and v >= 32 for v in size)):
-        raise UserError(f"image_size must be [height, width] with integers >= 32, got {size}")
-    for key in ("batch", "epochs", "eval_step_size", "patch_size"):
-        if config[key] < 1:
-            raise UserError(f"{key} must be at least 1, got {config[key]}")
-    if config["num_workers"] < 0:
-        raise UserError(f"num_workers must be >= 0, got {config['num_workers']}")
-    if not config["layers"]:
-        raise UserError("layers must name at least one backbone layer")
-    if "ratio_segmented" in config and not 0.0 <= config["ratio_segmented"] <= 1.0:
-        raise UserError(f"ratio_segmented must be between 0 and 1, got {config['ratio_segmented']}")
-    if "num_segmented" in config and config["num_segmented"] not in (0, 16, 53, 126, 246):
-        raise UserError(f"num_segmented must be one of 0, 16, 53, 126, 246, got {config['num_segmented']}")
+    """Every value within its accepted range; the message names the setting, the value and the range."""
+    for key, value in config.items():
+        if key not in SETTINGS and key not in DATASET_SETTINGS:
+            continue
+        setting = _setting(key)
+        if not setting.check(value):
+            raise UserError(f"setting {key}={value!r} is out of range: {key} must be {setting.accepted}")
 
 
 def format_config(config: dict[str, Any]) -> str:
     width = max(len(key) for key in config)
     return "\n".join(f"  {key:<{width}} = {value!r}" for key, value in config.items())
+
+
+def settings_table() -> str:
+    """Markdown table of every setting (for the docs): name, default, accepted values, meaning."""
+    lines = ["| setting | default | accepted | meaning |", "|---|---|---|---|"]
+    for key, setting in {**SETTINGS, **DATASET_SETTINGS}.items():
+        lines.append(f"| `{key}` | `{setting.default!r}` | {setting.accepted} | {setting.meaning} |")
+    return "\n".join(lines)

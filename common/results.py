@@ -1,5 +1,8 @@
 """Results files: per-category CSVs (`last.csv`, `avg.csv`), the mean/std JSON over runs,
-and the printed table with the paper's figure beside each of ours (SPEC §5)."""
+and the printed table with the paper's figure beside each of ours (docs/method.md, "Evaluation").
+
+The papers' figures live in `paper_results/<version>/results_avg_std.json`: the ICPR file is
+keyed {avg|std: {dataset: ...}}, the journal one {regime: {ratio: {avg|std: {dataset: ...}}}}."""
 
 import csv
 import json
@@ -11,8 +14,10 @@ from typing import Any
 from common.errors import UserError
 from common.fileio import write_csv_atomic, write_json_atomic
 
-PAPER_RESULTS = Path(__file__).resolve().parent.parent / "paper_results" / "results_avg_std.json"
+PAPER_RESULTS_DIR = Path(__file__).resolve().parent.parent / "paper_results"
+PAPER_RESULTS_NAME = "results_avg_std.json"
 NOT_AVAILABLE = "n/a"
+TEXT_COLUMNS = ("category", "run_id", "backbone_weights", "version")
 
 
 def _format_value(value: float | None) -> str:
@@ -57,7 +62,7 @@ def read_last_csv(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         entry: dict[str, Any] = {}
         for key, value in row.items():
-            if key in ("category", "run_id", "backbone_weights"):
+            if key in TEXT_COLUMNS:
                 entry[key] = value
             else:
                 entry[key] = None if value in (NOT_AVAILABLE, "") else float(value)
@@ -107,19 +112,53 @@ def summarize_runs(rows_per_run: dict[str, list[dict[str, Any]]], metric_names: 
     return summary
 
 
-def load_paper_results() -> dict[str, Any]:
-    with open(PAPER_RESULTS, encoding="utf-8") as handle:
+def paper_results_path(version: str) -> Path:
+    return PAPER_RESULTS_DIR / version / PAPER_RESULTS_NAME
+
+
+def load_paper_results(version: str = "icpr") -> dict[str, Any]:
+    with open(paper_results_path(version), encoding="utf-8") as handle:
         return json.load(handle)
 
 
+def journal_regime(dataset: str, ratio: str) -> str:
+    """The journal table a run belongs to: unsup (MVTec, VisA), weak (ratio 0), full (all
+    positives segmented: KSDD2 246, SensumSODF 1) or mixed (anything between)."""
+    if dataset not in ("ksdd2", "sensum"):
+        return "unsup"
+    if float(ratio) == 0:
+        return "weak"
+    if ratio in ("246", "1"):
+        return "full"
+    return "mixed"
+
+
+def paper_figures(dataset: str, version: str, ratio: str = "1") -> tuple[dict[str, dict[str, float]], str]:
+    """({metric: {category: mean}}, description) of the paper's run matching `dataset`, `version`
+    and (journal) `ratio`; ({}, why) when the paper has no such run."""
+    data = load_paper_results(version)
+    if version == "icpr":
+        return data["avg"].get(dataset, {}), f"ICPR paper, mean of 5 runs, {paper_results_path(version).relative_to(PAPER_RESULTS_DIR.parent)}"
+    regime = journal_regime(dataset, ratio)
+    figures = data.get(regime, {}).get(ratio, {}).get("avg", {}).get(dataset, {})
+    where = f"journal paper, {regime} regime, ratio {ratio}, mean of 5 runs"
+    return figures, where if figures else f"the journal paper has no {dataset} run at ratio {ratio}"
+
+
 def comparison_table(
-    dataset: str, ours: dict[str, dict[str, float | None]], metric_names: list[str], title: str = ""
+    dataset: str,
+    ours: dict[str, dict[str, float | None]],
+    metric_names: list[str],
+    title: str = "",
+    version: str = "icpr",
+    ratio: str = "1",
 ) -> str:
-    """A printable table: one row per category, each cell `ours (paper)`, in percent.
+    """A printable table: one row per category, each cell `ours (paper)`, in percent; the paper's
+    figures are those of the same version and (journal) supervision ratio.
 
     `ours` is {metric: {category: value}}. Categories the paper does not report show '-'.
     """
-    paper = load_paper_results()["avg"].get(dataset, {})
+    paper, source = paper_figures(dataset, version, ratio)
     categories: list[str] = []
     for metric in metric_names:
         for category in ours.get(metric, {}):
@@ -140,15 +179,20 @@ def comparison_table(
             paper_text = "-" if reference is None else f"{100 * reference:.1f}"
             cells.append(f"{ours_text + ' (' + paper_text + ')':>{cell}}")
         lines.append(f"{category:<{width}} " + " ".join(cells))
-    lines.append(f"values in %, ours (paper: mean of 5 runs, {PAPER_RESULTS.name})")
+    lines.append(f"values in %, ours (paper: {source})")
     return "\n".join(lines)
 
 
-def write_summary_json(path: Path, summaries: dict[str, dict[str, dict]]) -> None:
-    """{dataset: {"avg": ..., "std": ...}} -> the paper's layout {"avg": {dataset: ...}, "std": {dataset: ...}}."""
+def write_summary_json(
+    path: Path, summaries: dict[str, dict[str, dict]], ratios: dict[str, str] | None = None
+) -> None:
+    """{dataset: {"avg": ..., "std": ...}} -> the official layout: {"avg": {dataset: ...}, "std": ...}
+    (ICPR), or with `ratios` ({dataset: ratio}, journal) {"avg": {ratio: {dataset: ...}}, "std": ...}."""
     data: dict[str, dict] = {"avg": {}, "std": {}}
     for dataset, summary in summaries.items():
-        data["avg"][dataset] = summary["avg"]
-        if summary["std"]:
-            data["std"][dataset] = summary["std"]
+        for kind in ("avg", "std"):
+            if not summary[kind]:
+                continue
+            target = data[kind].setdefault(ratios[dataset], {}) if ratios else data[kind]
+            target[dataset] = summary[kind]
     write_json_atomic(path, data)

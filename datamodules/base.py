@@ -1,7 +1,9 @@
 """What every dataset module produces, and the torch Datasets/loaders built from it.
 
 A dataset module turns a directory into a `DatasetSplit` (lists of `Sample`s); this module
-turns samples into batches of `image`, `mask`, `label`, `image_path`, `mask_path` (SPEC §3).
+turns samples into batches of `image`, `mask`, `label`, `image_path`, `mask_path`,
+`is_segmented` and, for journal supervised training, `loss_weight` (docs/method.md,
+"Data pipeline" and "Journal version").
 """
 
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import UserError
 from common.image_io import image_to_tensor_array, mask_to_array, read_sample
+from common.masks import dilate_mask, distance_weights
 
 NORMAL, ANOMALOUS = 0, 1
 
@@ -23,11 +26,26 @@ NUM_FLIPS = 4
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: its path, its GT mask path ('' when it has none) and its label (0 normal, 1 anomalous)."""
+    """One image: its path, its GT mask path ('' when it has none), its label (0 normal,
+    1 anomalous) and whether its mask may be trained on (False: an image-level label only)."""
 
     image_path: str
     mask_path: str
     label: int
+    is_segmented: bool = True
+
+
+@dataclass(frozen=True)
+class MaskProcessing:
+    """Journal supervised training: dilate masks with a `dilate` x `dilate` square (0 = off) and
+    give the loss distance-transform weights `dt` = (weight, power) inside defects (None = off)."""
+
+    dilate: int = 0
+    dt: tuple[float, float] | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "MaskProcessing":
+        return cls(dilate=config["dilate"], dt=tuple(config["dt"]) if config["dt"] else None)
 
 
 @dataclass
@@ -49,7 +67,13 @@ class DatasetSplit:
 
     @property
     def train_anomalous(self) -> list[Sample]:
+        """Every anomalous training sample, with a mask or with an image label only."""
         return [s for s in self.train if s.label == ANOMALOUS]
+
+    @property
+    def train_weak(self) -> list[Sample]:
+        """Anomalous training samples known by their image label only."""
+        return [s for s in self.train if s.label == ANOMALOUS and not s.is_segmented]
 
     def check_not_empty(self, root: Any) -> None:
         if not self.train:
@@ -71,30 +95,49 @@ def apply_flip(array: np.ndarray, flip: int) -> np.ndarray:
     raise ValueError(f"unknown flip {flip}")
 
 
-def load_item(sample: Sample, image_size: tuple[int, int], flip: int = FLIP_NONE) -> dict[str, Any]:
-    image, mask = read_sample(sample.image_path, sample.mask_path, sample.label)
+def load_item(
+    sample: Sample, image_size: tuple[int, int], flip: int = FLIP_NONE, processing: MaskProcessing | None = None
+) -> dict[str, Any]:
+    """One sample -> item dict at `image_size`. A label-only positive gets an all-zero mask.
+    With `processing` (training only), in this order at the image's own resolution: dilate the
+    mask, flip, compute the loss weights from the flipped mask; then everything is resized."""
+    mask_path = sample.mask_path if sample.is_segmented else ""
+    image, mask = read_sample(sample.image_path, mask_path, sample.label)
+    if processing is not None and processing.dilate and sample.label == ANOMALOUS:
+        mask = dilate_mask(mask, processing.dilate)
     image, mask = apply_flip(image, flip), apply_flip(mask, flip)
-    return {
+    item = {
         "image": torch.from_numpy(image_to_tensor_array(np.ascontiguousarray(image), image_size)),
         "mask": torch.from_numpy(mask_to_array(np.ascontiguousarray(mask), image_size)),
         "label": sample.label,
         "image_path": sample.image_path,
         "mask_path": sample.mask_path,
+        "is_segmented": sample.is_segmented,
     }
+    if processing is not None and processing.dt is not None:
+        weight, power = processing.dt
+        if sample.label == NORMAL:
+            weights = np.ones(mask.shape, dtype=np.float32)
+        else:
+            weights = distance_weights(np.ascontiguousarray(mask), weight, power)
+        # resized like the mask (nearest neighbour)
+        item["loss_weight"] = torch.from_numpy(mask_to_array(weights, image_size))
+    return item
 
 
 class SampleDataset(Dataset):
     """index in [0, len(samples)) -> item dict; used for test sets and unsupervised training."""
 
-    def __init__(self, samples: list[Sample], image_size: tuple[int, int]):
+    def __init__(self, samples: list[Sample], image_size: tuple[int, int], processing: MaskProcessing | None = None):
         self.samples = list(samples)
         self.image_size = tuple(image_size)
+        self.processing = processing
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return load_item(self.samples[index], self.image_size)
+        return load_item(self.samples[index], self.image_size, processing=self.processing)
 
 
 def make_loader(

@@ -7,7 +7,9 @@ Two layouts are accepted:
     `masks/x.<ext>` or `masks/x_mask.<ext>`). A fixed seeded split (seed 42, `ceil` of the
     fraction, positions drawn by a numpy permutation) holds out 20 % of the good images (at
     least one stays for training) and 50 % of the defects with masks for testing; the other
-    defects with masks switch on supervised training. Defects without masks are test-only.
+    defects with masks switch on supervised training. Defects without masks are test-only
+    under ICPR; with `weak_labels` (journal) they are split the same way, and the training
+    half is trained on with its image label only (weakly supervised).
 
 A test defect without a mask is scored against an all-zero mask, which would make every
 pixel metric wrong, so then `info["pixel_metrics"]` is False and only image metrics count.
@@ -91,7 +93,7 @@ def _list_mvtec(base: Path) -> FolderListing:
     return listing
 
 
-def _list_simple(base: Path) -> FolderListing:
+def _list_simple(base: Path, weak_labels: bool) -> FolderListing:
     listing = FolderListing(SIMPLE_LAYOUT, [], [])
     goods = list_images(base / "good")
     held_out_goods = _held_out(len(goods), GOOD_TEST_FRACTION, keep_for_train=1)
@@ -109,13 +111,21 @@ def _list_simple(base: Path) -> FolderListing:
     held_out_defects = _held_out(len(masked), MASKED_DEFECT_TEST_FRACTION, keep_for_train=0)
     for position, (image, mask) in enumerate(masked):
         (listing.test if position in held_out_defects else listing.train).append(Sample(str(image), str(mask), ANOMALOUS))
-    listing.test += [Sample(path, "", ANOMALOUS) for path in listing.defects_without_mask]
+    unmasked = listing.defects_without_mask
+    held_out_unmasked = _held_out(len(unmasked), MASKED_DEFECT_TEST_FRACTION, 0) if weak_labels else set(range(len(unmasked)))
+    for position, path in enumerate(unmasked):
+        if position in held_out_unmasked:
+            listing.test.append(Sample(path, "", ANOMALOUS))
+        else:
+            listing.train.append(Sample(path, "", ANOMALOUS, is_segmented=False))
+    listing.defects_without_mask = [unmasked[k] for k in sorted(held_out_unmasked)]
     listing.ignored_files = [str(p) for name in ("good", "defect", "masks") for p in _ignored_files(base / name)]
     return listing
 
 
-def list_folder(root: Path, category: str) -> FolderListing:
-    """`root/category` -> its samples, in whichever of the two layouts it uses."""
+def list_folder(root: Path, category: str, weak_labels: bool = False) -> FolderListing:
+    """`root/category` -> its samples, in whichever of the two layouts it uses; `weak_labels`
+    (journal) trains on half of the simple layout's defects without masks with their image label."""
     base = Path(root) / category
     if not base.is_dir():
         raise UserError(
@@ -124,7 +134,7 @@ def list_folder(root: Path, category: str) -> FolderListing:
     if (base / "train").is_dir():
         listing = _list_mvtec(base)
     elif (base / "good").is_dir():
-        listing = _list_simple(base)
+        listing = _list_simple(base, weak_labels)
     else:
         raise UserError(f"folder dataset {base} has neither train/good/ (MVTec layout) nor good/ (simple layout); add one")
     if not any(s.label == NORMAL for s in listing.train):
@@ -133,9 +143,11 @@ def list_folder(root: Path, category: str) -> FolderListing:
     return listing
 
 
-def load_folder(root: Path, category: str, image_size: tuple[int, int]) -> DatasetSplit:
+def load_folder(
+    root: Path, category: str, image_size: tuple[int, int], weak_labels: bool = False
+) -> DatasetSplit:
     """`root/category` (MVTec or simple layout) -> DatasetSplit ("folder", category)."""
-    listing = list_folder(root, category)
+    listing = list_folder(root, category, weak_labels)
     split = DatasetSplit(
         name="folder",
         category=category,
@@ -188,19 +200,31 @@ def _count_row(split_name: str, kind: str, samples: list[Sample], label: int) ->
     return f"{split_name:<6} {kind:<7} {len(chosen):>6} {masks:>6}"
 
 
-def validate_folder(root: Path, category: str) -> str:
+def training_regime(train: list[Sample]) -> str:
+    """In words: which supervision regime a folder's training samples give, and why."""
+    segmented = sum(1 for s in train if s.label == ANOMALOUS and s.is_segmented)
+    weak = sum(1 for s in train if s.label == ANOMALOUS and not s.is_segmented)
+    if segmented and weak:
+        return f"mixed supervision ({segmented} defects with masks, {weak} with image labels only, in train)"
+    if segmented:
+        return f"fully supervised ({segmented} defects with masks in train)"
+    if weak:
+        return f"weakly supervised ({weak} defects without masks in train, trained on their image label)"
+    return "unsupervised (good images only)"
+
+
+def validate_folder(root: Path, category: str, weak_labels: bool = False) -> str:
     """Check `root/category` and return a printable summary: counts per split and kind, image
     sizes, defects without masks and ignored files. Raises UserError when it cannot be trained
     on: no good images, or an unreadable image or mask, or a mask whose size differs from its image."""
     base = Path(root) / category
-    listing = list_folder(root, category)
+    listing = list_folder(root, category, weak_labels)
     problems, sizes = _check_files(listing.train + listing.test, base)
     if problems:
         shown = "; ".join(problems[:MAX_PROBLEMS_IN_ERROR])
         more = f" (+{len(problems) - MAX_PROBLEMS_IN_ERROR} more)" if len(problems) > MAX_PROBLEMS_IN_ERROR else ""
         raise UserError(f"folder dataset {base} cannot be used: {shown}{more}; fix or remove these files")
 
-    supervised = any(s.label == ANOMALOUS for s in listing.train)
     lines = [
         f"folder dataset {base} ({listing.layout} layout)",
         f"{'split':<6} {'kind':<7} {'images':>6} {'masks':>6}",
@@ -209,7 +233,7 @@ def validate_folder(root: Path, category: str) -> str:
         _count_row("test", "good", listing.test, NORMAL),
         _count_row("test", "defect", listing.test, ANOMALOUS),
         "image sizes (h x w): " + ", ".join(f"{h}x{w} ({n})" for (h, w), n in sizes.most_common()),
-        f"training: {'supervised (defects with masks in train)' if supervised else 'unsupervised (good images only)'}",
+        f"training: {training_regime(listing.train)}",
     ]
     if listing.defects_without_mask:
         lines.append(f"pixel metrics: off, {len(listing.defects_without_mask)} test defect(s) have no mask:")

@@ -1,10 +1,12 @@
-"""KolektorSDD2 (SPEC §4): `<root>/{train,test}/<id>.png, <id>_GT.png` + `split_weakly_<N>.pyb`
--> DatasetSplit.
+"""KolektorSDD2: `<root>/{train,test}/<id>.png, <id>_GT.png` + `split_weakly_<N>.pyb` -> DatasetSplit
+(docs/method.md, "Datasets" and "Journal version").
 
 A split file is a pickle of (train, test), each a list of (id, is_segmented). A sample is
-normal when its GT mask is all zero. Published behaviour: training uses only the samples
-marked segmented (unsegmented positives are dropped, never used as normal); N = 0 is the
-unsupervised setting with no positive in training. The test set is every listed sample.
+normal when its GT mask is all zero. ICPR: training uses only the samples marked segmented
+(unsegmented positives are dropped, never used as normal); N = 0 is the unsupervised setting.
+Journal (`weak_labels`): every listed training sample is used with its flag, so unsegmented
+positives train with their image label only; N = 0 is the weakly supervised regime. The
+test set is every listed sample, always treated as segmented.
 """
 
 from pathlib import Path
@@ -14,11 +16,12 @@ import numpy as np
 
 from common.errors import UserError
 from common.image_io import read_mask
+from common.catalog import KSDD2_NUM_SEGMENTED, dataset_entry
 from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
 from datamodules.safe_pickle import dump_plain_pickle, load_plain_pickle
 
-NUM_SEGMENTED_CHOICES = (0, 16, 53, 126, 246)
-KSDD2_IMAGE_SIZE = (640, 232)
+NUM_SEGMENTED_CHOICES = KSDD2_NUM_SEGMENTED
+KSDD2_IMAGE_SIZE = dataset_entry("ksdd2").size_of("ksdd2")
 DEFAULT_SPLIT_SEED = 42
 PARTS = ("train", "test")
 GT_SUFFIX = "_GT"
@@ -58,11 +61,11 @@ def _checked_paths(root: Path, part: str, sample_id: Any, split_file: Path | Non
     return image_path, mask_path
 
 
-def _sample(root: Path, part: str, sample_id: Any, split_file: Path | None) -> Sample:
+def _sample(root: Path, part: str, sample_id: Any, split_file: Path | None, is_segmented: bool = True) -> Sample:
     """One listed id -> Sample labelled by its GT mask (normal when all zero); the GT path is kept for both."""
     image_path, mask_path = _checked_paths(root, part, sample_id, split_file)
     label = ANOMALOUS if _has_defect(mask_path) else NORMAL
-    return Sample(str(image_path), str(mask_path), label)
+    return Sample(str(image_path), str(mask_path), label, is_segmented)
 
 
 def _listed_ids(root: Path, part: str) -> list[str]:
@@ -121,8 +124,9 @@ def _read_split(path: Path) -> tuple[list[tuple[Any, bool]], list[tuple[Any, boo
     return parts[0], parts[1]
 
 
-def load_ksdd2(root: Path, num_segmented: int, image_size: tuple[int, int]) -> DatasetSplit:
-    """KolektorSDD2 root + number of segmented training positives -> DatasetSplit ("ksdd2", "ksdd2")."""
+def load_ksdd2(root: Path, num_segmented: int, image_size: tuple[int, int], weak_labels: bool = False) -> DatasetSplit:
+    """KolektorSDD2 root + number of segmented training positives -> DatasetSplit ("ksdd2", "ksdd2").
+    `weak_labels` (journal): unsegmented training positives are kept with their image label."""
     root = Path(root)
     if num_segmented not in NUM_SEGMENTED_CHOICES:
         choices = ", ".join(map(str, NUM_SEGMENTED_CHOICES))
@@ -137,9 +141,12 @@ def load_ksdd2(root: Path, num_segmented: int, image_size: tuple[int, int]) -> D
         )
     train_entries, test_entries = _read_split(split_file)
 
-    train = [_sample(root, "train", i, split_file) for i, segmented in train_entries if segmented]
-    if num_segmented == 0:
-        train = [s for s in train if s.label == NORMAL]  # unsupervised: never train on positives
+    if weak_labels:
+        train = [_sample(root, "train", i, split_file, segmented) for i, segmented in train_entries]
+    else:
+        train = [_sample(root, "train", i, split_file) for i, segmented in train_entries if segmented]
+        if num_segmented == 0:
+            train = [s for s in train if s.label == NORMAL]  # unsupervised: never train on positives
     test = [_sample(root, "test", i, split_file) for i, _ in test_entries]
     split = DatasetSplit(
         name="ksdd2",
@@ -147,7 +154,7 @@ def load_ksdd2(root: Path, num_segmented: int, image_size: tuple[int, int]) -> D
         train=train,
         test=test,
         image_size=tuple(image_size),
-        supervised=num_segmented > 0,
+        supervised=any(s.label == ANOMALOUS for s in train),
         info={"num_segmented": num_segmented, "split_file": str(split_file)},
     )
     split.check_not_empty(root)

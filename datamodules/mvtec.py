@@ -1,5 +1,5 @@
 """MVTec AD (and any directory in its layout): `<cat>/train/good`, `<cat>/test/<type>`,
-`<cat>/ground_truth/<type>/<name><mask_suffix>.png` (SPEC §4)."""
+`<cat>/ground_truth/<type>/<name><mask_suffix>.png` (docs/method.md, "Datasets")."""
 
 from pathlib import Path
 
@@ -7,10 +7,7 @@ from common.errors import UserError
 from common.image_io import list_images
 from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
 
-MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-)
+
 def load_mvtec_layout(
     category_root: Path, name: str, category: str, image_size: tuple[int, int], mask_suffix: str = "_mask"
 ) -> DatasetSplit:

@@ -1,6 +1,7 @@
-"""Training loaders: shuffled normals (unsupervised) or the balanced supervised epoch (SPEC §4).
+"""Training loaders: shuffled normals (unsupervised) or the balanced supervised epoch
+(docs/method.md, "Supervised sampling").
 
-Supervised epoch: every labelled positive (x4 with flips: none, vertical, horizontal,
+Supervised epoch: every positive, with a mask or (journal) an image label only (x4 with flips: none, vertical, horizontal,
 180-degree rotation) plus as many normal images, the normals drawn favouring those seen
 least so far (the published inverse-frequency rule). The published code kept the draw
 counts inside the dataset and so forbade DataLoader workers; here the sampler owns them
@@ -15,17 +16,24 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import UserError
-from datamodules.base import NUM_FLIPS, DatasetSplit, Sample, SampleDataset, load_item, make_loader
+from datamodules.base import NUM_FLIPS, DatasetSplit, MaskProcessing, Sample, SampleDataset, load_item, make_loader
 
 
 class SupervisedTrainDataset(Dataset):
     """index -> item dict. [0, 4P): positive i with flip f, (f, i) = divmod(index, P)
     (0 none, 1 vertical, 2 horizontal, 3 rotate 180); [4P, 4P + N): normal index - 4P, unflipped."""
 
-    def __init__(self, positives: list[Sample], normals: list[Sample], image_size: tuple[int, int]):
+    def __init__(
+        self,
+        positives: list[Sample],
+        normals: list[Sample],
+        image_size: tuple[int, int],
+        processing: MaskProcessing | None = None,
+    ):
         self.positives = list(positives)
         self.normals = list(normals)
         self.image_size = tuple(image_size)
+        self.processing = processing
 
     @property
     def normal_offset(self) -> int:
@@ -37,8 +45,8 @@ class SupervisedTrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < self.normal_offset:
             flip, positive_index = divmod(index, len(self.positives))
-            return load_item(self.positives[positive_index], self.image_size, flip)
-        return load_item(self.normals[index - self.normal_offset], self.image_size)
+            return load_item(self.positives[positive_index], self.image_size, flip, self.processing)
+        return load_item(self.normals[index - self.normal_offset], self.image_size, processing=self.processing)
 
 
 def inverse_frequency_probabilities(draw_counts: np.ndarray) -> np.ndarray:
@@ -115,20 +123,29 @@ class BalancedSupervisedSampler(Sampler[int]):
         return iter(self.draw_epoch().tolist())
 
 
-def make_train_loader(split: DatasetSplit, batch_size: int, num_workers: int, flips: bool, seed: int) -> DataLoader:
+def make_train_loader(
+    split: DatasetSplit,
+    batch_size: int,
+    num_workers: int,
+    flips: bool,
+    seed: int,
+    processing: MaskProcessing | None = None,
+) -> DataLoader:
     """DatasetSplit -> training DataLoader of item dicts: shuffled normals when unsupervised,
-    balanced positives + inverse-frequency normals when `split.supervised`."""
+    balanced positives (segmented or label-only alike) + inverse-frequency normals when
+    `split.supervised`. `processing`: the journal's mask dilation and loss weights."""
     normals = split.train_normal
     if not normals:
         raise UserError(f"{split.name}/{split.category}: no normal training images; add defect-free images to train on")
     if not split.supervised:
-        return make_loader(SampleDataset(normals, split.image_size), batch_size, num_workers, shuffle=True, seed=seed)
+        dataset = SampleDataset(normals, split.image_size, processing)
+        return make_loader(dataset, batch_size, num_workers, shuffle=True, seed=seed)
     positives = split.train_anomalous
     if not positives:
         raise UserError(
             f"{split.name}/{split.category}: supervised training was asked for but no labelled anomalous "
-            "training image with a mask was found; add segmented defects or train unsupervised"
+            "training image was found; add defect images or train unsupervised"
         )
-    dataset = SupervisedTrainDataset(positives, normals, split.image_size)
+    dataset = SupervisedTrainDataset(positives, normals, split.image_size, processing)
     sampler = BalancedSupervisedSampler(len(positives), len(normals), flips, seed)
     return make_loader(dataset, batch_size, num_workers, sampler=sampler, seed=seed)

@@ -1,22 +1,25 @@
-"""SensumSODF (SPEC §4): `<root>/<cat>/{negative/data, positive/data, positive/annotation}/<id:03>.png`
-and fold splits `<root>/sensum_splits/<cat>/<fold>/<train|test>/*.pckl` -> DatasetSplit.
+"""SensumSODF: `<root>/<cat>/{negative/data, positive/data, positive/annotation}/<id:03>.png`
+and fold splits `<root>/sensum_splits/<cat>/<fold>/<train|test>/*.pckl` -> DatasetSplit
+(docs/method.md, "Datasets" and "Journal version").
 
-Each split pickle is a list of (id, is_segmented). Training uses every listed negative and only
-the positives marked segmented in `pos_<percent>.pckl`; ratio 0 is the unsupervised setting
-(no positive in training, `pos_0.pckl` not needed). The test set is every sample listed in
-`test/neg.pckl` and `test/pos.pckl`.
+Each split pickle is a list of (id, is_segmented). Training uses every listed negative (always
+segmented) and the positives of `pos_<percent>.pckl`. ICPR: only the positives marked
+segmented; ratio 0 is the unsupervised setting (`pos_0.pckl` not needed). Journal
+(`weak_labels`): every listed positive, those not marked segmented with their image label
+only; ratio 0 (`pos_0.pckl`) is the weakly supervised regime. The test set is every sample
+listed in `test/neg.pckl` and `test/pos.pckl`.
 """
 
 from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from common.catalog import SENSUM_FOLDS, dataset_entry
 from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
 from datamodules.safe_pickle import load_plain_pickle
 
-SENSUM_CATEGORIES = ("capsule", "softgel")
-SENSUM_IMAGE_SIZES = {"capsule": (320, 192), "softgel": (144, 144)}
-SENSUM_FOLDS = (0, 1, 2)
+SENSUM_CATEGORIES = dataset_entry("sensum").categories
+SENSUM_IMAGE_SIZES = dataset_entry("sensum").category_image_sizes
 SPLITS_DIR = "sensum_splits"
 NEGATIVE_IMAGES = "negative/data"
 POSITIVE_IMAGES = "positive/data"
@@ -84,7 +87,9 @@ def _integer_id(sample_id: Any, path: Path) -> int:
     raise UserError(f"split file {path} lists id {sample_id!r}, expected a whole number; replace it with the published file")
 
 
-def _sample(folder: Path, sample_id: int, mask_folder: Path | None, label: int, split_file: Path) -> Sample:
+def _sample(
+    folder: Path, sample_id: int, mask_folder: Path | None, label: int, split_file: Path, is_segmented: bool = True
+) -> Sample:
     image_path = folder / f"{sample_id:03d}.png"
     if not image_path.is_file():
         raise UserError(f"SensumSODF image {image_path} listed in {split_file} not found; re-extract the dataset")
@@ -93,13 +98,19 @@ def _sample(folder: Path, sample_id: int, mask_folder: Path | None, label: int, 
     mask_path = mask_folder / f"{sample_id:03d}.png"
     if not mask_path.is_file():
         raise UserError(f"SensumSODF image {image_path} has no annotation {mask_path}; re-extract the dataset")
-    return Sample(str(image_path), str(mask_path), label)
+    return Sample(str(image_path), str(mask_path), label, is_segmented)
 
 
 def load_sensum(
-    root: Path, category: str, fold: int, ratio_segmented: float, image_size: tuple[int, int]
+    root: Path,
+    category: str,
+    fold: int,
+    ratio_segmented: float,
+    image_size: tuple[int, int],
+    weak_labels: bool = False,
 ) -> DatasetSplit:
-    """SensumSODF root, category, fold 0-2, segmented ratio in [0, 1] -> DatasetSplit ("sensum", "<category>_<fold>")."""
+    """SensumSODF root, category, fold 0-2, segmented ratio in [0, 1] -> DatasetSplit ("sensum", "<category>_<fold>").
+    `weak_labels` (journal): positives not marked segmented are kept with their image label."""
     root = Path(root)
     if category not in SENSUM_CATEGORIES:
         raise UserError(f"unknown SensumSODF category '{category}'; choose one of {', '.join(SENSUM_CATEGORIES)}")
@@ -121,10 +132,14 @@ def load_sensum(
 
     neg_file = train_dir / "neg.pckl"
     train = [_sample(negatives, i, None, NORMAL, neg_file) for i, _ in _read_entries(neg_file)]
-    supervised = ratio_segmented > 0
+    supervised = weak_labels or ratio_segmented > 0
     if supervised:
         pos_file = train_dir / train_positives_file(ratio_segmented)
-        train += [_sample(positives, i, masks, ANOMALOUS, pos_file) for i, seg in _read_entries(pos_file) if seg]
+        entries = _read_entries(pos_file)
+        if weak_labels:
+            train += [_sample(positives, i, masks, ANOMALOUS, pos_file, seg) for i, seg in entries]
+        else:
+            train += [_sample(positives, i, masks, ANOMALOUS, pos_file) for i, seg in entries if seg]
 
     neg_file, pos_file = test_dir / "neg.pckl", test_dir / "pos.pckl"
     test = [_sample(negatives, i, None, NORMAL, neg_file) for i, _ in _read_entries(neg_file)]

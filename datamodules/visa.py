@@ -1,15 +1,10 @@
-"""VisA in the MVTec-like `visa_pytorch` layout built by datamodules/setup/prepare_visa.py (SPEC §4):
+"""VisA in the MVTec-like `visa_pytorch` layout built by datamodules/setup/prepare_visa.py (docs/method.md, "Datasets"):
 `visa/visa_pytorch/<cat>/{train/good, test/good, test/bad, ground_truth/bad/<stem>.png}`."""
 
 from pathlib import Path
 
 from datamodules.base import DatasetSplit
 from datamodules.mvtec import load_mvtec_layout
-
-VISA_CATEGORIES = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-    "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
-)
 
 
 def load_visa(root: Path, category: str, image_size: tuple[int, int]) -> DatasetSplit:

@@ -1,13 +1,12 @@
-"""SuperSimpleNet (ICPR 2024), read top to bottom:
+"""SuperSimpleNet (ICPR 2024 and its journal version, JIMS 2025), read top to bottom:
 feature extractor -> feature adaptor -> anomaly generator (training only)
 -> segmentation-detection head (`discriminator`) -> anomaly map generator (inference only).
 
-Submodule and parameter names are the published checkpoint format (SPEC §1).
+Submodule and parameter names are the published checkpoint format (docs/method.md, "Checkpoints");
+reading and writing checkpoints lives in model/checkpoint.py.
 """
 
-import io
 import math
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.errors import UserError
-from common.fileio import atomic_path
+from common.config import SETTINGS
 from common.perlin import rand_perlin_2d
+from model.checkpoint import load_weights, save_weights
 from model.feature_extractor import FeatureExtractor
 
 NOISE_MEAN = 0.0
@@ -95,10 +94,11 @@ class Discriminator(nn.Module):
 
 
 class AnomalyGenerator(nn.Module):
-    """Training-time synthetic anomalies in feature space (no parameters).
+    """Training-time synthetic anomalies in feature space (no parameters; docs/method.md, "Anomaly generator").
 
-    (features 2 x [B x C x fh x fw] or 1, mask B x 1 x fh x fw, label B) ->
-    (noised features for 2B samples, new mask 2B x 1 x fh x fw, new label 2B).
+    (adapted B x C x fh x fw, mask B x 1 x fh x fw, label B, raw B x C x fh x fw or None) ->
+    (noised adapted 2B x C x fh x fw, new mask 2B x 1 x fh x fw, new label 2B, noised raw or None).
+    The journal model passes the raw features too: the same noise and noise mask go to both.
     """
 
     def __init__(
@@ -154,18 +154,17 @@ class AnomalyGenerator(nn.Module):
         return torch.cat(masks)
 
     def forward(
-        self, features: list[Tensor], mask: Tensor, label: Tensor
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        self, adapted: Tensor, mask: Tensor, label: Tensor, raw: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         batch, _, height, width = mask.shape
         device = mask.device
-        features = [torch.cat((f, f)) for f in features]
+        adapted = torch.cat((adapted, adapted))
+        raw = torch.cat((raw, raw)) if raw is not None else None
         mask = torch.cat((mask, mask))
         label = torch.cat((label, label))
 
-        # one noise tensor, shared by every feature tensor (journal variant: raw and adapted)
-        noise = torch.normal(
-            mean=NOISE_MEAN, std=self.noise_std, size=features[0].shape, device=features[0].device
-        )
+        # one noise tensor, shared by the adapted and (journal) the raw features
+        noise = torch.normal(mean=NOISE_MEAN, std=self.noise_std, size=adapted.shape, device=adapted.device)
         noise_mask = torch.ones(batch * 2, 1, height, width, device=device)
         if not self.bad:
             noise_mask = noise_mask * (1 - label.reshape(batch * 2, 1, 1, 1))
@@ -180,8 +179,8 @@ class AnomalyGenerator(nn.Module):
         new_mask = torch.where(mask + noise_mask > 0, 1.0, 0.0)
         has_anomaly = new_mask.reshape(batch * 2, -1).any(dim=1).to(torch.float32)
         new_label = torch.where(label + has_anomaly > 0, 1.0, 0.0)
-        noised = [f + noise * noise_mask for f in features]
-        return noised, new_mask, new_label
+        noised_raw = raw + noise * noise_mask if raw is not None else None
+        return adapted + noise * noise_mask, new_mask, new_label, noised_raw
 
 
 def gaussian_kernel_2d(sigma: float) -> Tensor:
@@ -212,40 +211,73 @@ class AnomalyMapGenerator(nn.Module):
         return F.conv2d(padded, self.kernel.to(padded.dtype))
 
 
+def _default(name: str) -> Any:
+    return SETTINGS[name].default
+
+
+# The constructor arguments that a run's settings provide (SuperSimpleNet.from_config).
+MODEL_SETTINGS = (
+    "backbone", "layers", "patch_size", "pretrained", "adapt_cls_features", "stop_grad",
+    "noise", "noise_std", "perlin", "perlin_thr", "no_anomaly", "bad", "overlap",
+)
+
+
 class SuperSimpleNet(nn.Module):
     """Images B x 3 x H x W (ImageNet-normalised) ->
     eval: (anomaly_map B x 1 x H x W, score_logits B);
     train: (map_logits, score_logits, mask, label) for 2B samples at fh x fw (B without noise).
+
+    Defaults are the published unsupervised configuration (common/config.py `SETTINGS`);
+    `adapt_cls_features=False` is the journal model (classification branch on raw features).
     """
 
-    def __init__(self, image_size: tuple[int, int], config: dict[str, Any]):
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        *,
+        backbone: str = _default("backbone"),
+        layers: tuple[str, ...] | list[str] = tuple(_default("layers")),
+        patch_size: int = _default("patch_size"),
+        pretrained: bool = _default("pretrained"),
+        adapt_cls_features: bool = _default("adapt_cls_features"),
+        stop_grad: bool = _default("stop_grad"),
+        noise: bool = _default("noise"),
+        noise_std: float = _default("noise_std"),
+        perlin: bool = _default("perlin"),
+        perlin_thr: float = _default("perlin_thr"),
+        no_anomaly: str = _default("no_anomaly"),
+        bad: bool = _default("bad"),
+        overlap: bool = _default("overlap"),
+    ):
         super().__init__()
         self.image_size = tuple(image_size)
-        self.config = config
-        self.adapt_cls_features = bool(config.get("adapt_cls_features", True))
-        self.use_noise = bool(config.get("noise", True))
+        self.backbone_name = backbone
+        self.adapt_cls_features = adapt_cls_features
+        self.use_noise = noise
 
         self.feature_extractor = FeatureExtractor(
-            backbone=config.get("backbone", "wide_resnet50_2"),
-            layers=list(config.get("layers", ["layer2", "layer3"])),
-            patch_size=config.get("patch_size", 3),
-            image_size=self.image_size,
-            pretrained=config.get("pretrained", True),
+            backbone=backbone, layers=list(layers), patch_size=patch_size, image_size=self.image_size,
+            pretrained=pretrained,
         )
         channels, self.fh, self.fw = self.feature_extractor.feature_dim
         self.feature_adaptor = FeatureAdaptor(channels)
-        self.discriminator = Discriminator(channels, stop_grad=bool(config.get("stop_grad", False)))
+        self.discriminator = Discriminator(channels, stop_grad=stop_grad)
         self.anomaly_generator = AnomalyGenerator(
             feature_height=self.fh,
             feature_width=self.fw,
-            noise_std=config.get("noise_std", 0.015),
-            perlin=config.get("perlin", True),
-            perlin_thr=config.get("perlin_thr", 0.2),
-            no_anomaly=config.get("no_anomaly", "empty"),
-            bad=config.get("bad", True),
-            overlap=config.get("overlap", True),
+            noise_std=noise_std,
+            perlin=perlin,
+            perlin_thr=perlin_thr,
+            no_anomaly=no_anomaly,
+            bad=bad,
+            overlap=overlap,
         )
         self.anomaly_map_generator = AnomalyMapGenerator(output_size=self.image_size)
+
+    @classmethod
+    def from_config(cls, image_size: tuple[int, int], settings: dict[str, Any]) -> "SuperSimpleNet":
+        """A model built from a run's settings (every key of `MODEL_SETTINGS` must be present)."""
+        return cls(image_size, **{name: settings[name] for name in MODEL_SETTINGS})
 
     @property
     def uses_pretrained_backbone(self) -> bool:
@@ -262,13 +294,10 @@ class SuperSimpleNet(nn.Module):
 
         if mask is None or label is None:
             raise ValueError("training forward needs mask (B x 1 x fh x fw) and label (B)")
+        raw = None if self.adapt_cls_features else features
         if self.use_noise:
-            if self.adapt_cls_features:
-                (adapted,), mask, label = self.anomaly_generator([adapted], mask, label)
-                features = adapted
-            else:
-                (features, adapted), mask, label = self.anomaly_generator([features, adapted], mask, label)
-        cls_features = adapted if self.adapt_cls_features else features
+            adapted, mask, label, raw = self.anomaly_generator(adapted, mask, label, raw)
+        cls_features = adapted if self.adapt_cls_features else raw
         anomaly_map, score = self.discriminator(adapted, cls_features)
         return anomaly_map, score, mask, label
 
@@ -282,91 +311,11 @@ class SuperSimpleNet(nn.Module):
 
     def save_model(self, directory: Path | str) -> Path:
         """Write `directory/weights.pt` atomically (published format); returns its path."""
-        path = Path(directory) / "weights.pt"
-        # through a buffer: torch.save names the archive after the file it writes, and a
-        # temporary name would make two identical checkpoints differ byte-wise
-        buffer = io.BytesIO()
-        torch.save(self.trainable_state_dict(), buffer)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-        return path
+        return save_weights(self, directory)
 
     def load_model(self, path: Path | str) -> None:
-        """Load a published-format checkpoint strictly: a missing, unexpected or mis-shaped key is a UserError."""
-        state_dict = read_checkpoint(path)
-        expected = self.trainable_state_dict()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}")
-            raise UserError(
-                f"checkpoint {path} does not fit this model ({'; '.join(parts)}); "
-                "check backbone, layers and adapt_cls_features, or use a SuperSimpleNet weights.pt"
-            )
-        for key, tensor in expected.items():
-            if tuple(state_dict[key].shape) != tuple(tensor.shape):
-                raise UserError(
-                    f"checkpoint {path}: '{key}' has shape {tuple(state_dict[key].shape)}, "
-                    f"the model expects {tuple(tensor.shape)}; check backbone and layers"
-                )
-        self.load_state_dict(state_dict, strict=False)  # backbone keys are deliberately absent
-
-
-def read_checkpoint(path: Path | str) -> dict[str, Tensor]:
-    """torch.load with weights_only=True; every failure is one UserError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; see weights/README.md for the expected layout")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, io.UnsupportedOperation) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"checkpoint {path} is corrupt or not a plain state dict ({first_line[:160]}); re-download or re-train it"
-        ) from None
-    except Exception as error:  # the unpickler raises assorted types for foreign objects
-        raise UserError(
-            f"checkpoint {path} could not be loaded safely ({type(error).__name__}); "
-            "only plain tensor state dicts are accepted"
-        ) from None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise UserError(f"checkpoint {path} is not a state dict of tensors; use a SuperSimpleNet weights.pt")
-    return state_dict
-
-
-def build_optimizer(
-    model: SuperSimpleNet, config: dict[str, Any]
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.MultiStepLR]:
-    """AdamW with the three published parameter groups, and MultiStepLR stepped once per epoch.
-
-    Milestones: we pass the float products 0.8*epochs and 0.9*epochs exactly as the published
-    code does. MultiStepLR compares them to the integer epoch counter, so when a product is not
-    a whole number that milestone is never reached (e.g. 12 epochs: 9.6 and 10.8 never decay).
-    Keeping this rule keeps published configurations bit-compatible.
-    """
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.feature_adaptor.parameters(), "lr": config["adapt_lr"]},
-            {"params": model.discriminator.seg_parameters(), "lr": config["seg_lr"], "weight_decay": 1e-5},
-            {"params": model.discriminator.dec_parameters(), "lr": config["dec_lr"], "weight_decay": 1e-5},
-        ]
-    )
-    epochs = config["epochs"]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[epochs * 0.8, epochs * 0.9], gamma=config["gamma"]
-    )
-    return optimizer, scheduler
-
-
-def load_model(path: Path | str, image_size: tuple[int, int], config: dict[str, Any]) -> SuperSimpleNet:
-    """Build a SuperSimpleNet for `image_size` / `config` and load `path` (a weights.pt) into it."""
-    model = SuperSimpleNet(image_size=image_size, config=config)
-    model.load_model(path)
-    return model
+        """Load a published-format weights.pt strictly (model/checkpoint.py `load_weights`)."""
+        load_weights(self, path)
 
 
 __all__ = [
@@ -375,8 +324,6 @@ __all__ = [
     "Discriminator",
     "AnomalyGenerator",
     "AnomalyMapGenerator",
-    "build_optimizer",
-    "load_model",
-    "read_checkpoint",
+    "MODEL_SETTINGS",
     "gaussian_kernel_2d",
 ]

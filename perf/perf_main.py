@@ -1,4 +1,4 @@
-"""SuperSimpleNet inference speed, measured the paper's way (SPEC §6), for the published eager
+"""SuperSimpleNet inference speed, measured the paper's way (docs/method.md, "Speed protocol"), for the published eager
 model ("reference") and for our fast path ("fast", perf/fast_inference.py) in the same run.
 
 In: a name for the machine (`<gpu_model>`, used in the file names) and options.
@@ -6,11 +6,11 @@ Out: perf_<gpu_model>.csv (reference) and perf_<gpu_model>_fast.csv (fast), one 
 cycle in the published format `time;throughput;memory;tflops` (ms at batch 1; images/s at
 batch 16, 4 by default on CPU; peak reserved GPU memory in MB, nan on CPU; profiler GFLOPs of
 one batch-1 forward, named "tflops" in the paper's file), and a table beside the paper's V100S
-means with the fast/reference ratios.
+means (of the same --version) with the fast/reference ratios.
 
 Run from the repository root or from inside perf/:
     python perf/perf_main.py v100s                               # the paper's protocol (GPU, fp16)
-    python perf/perf_main.py cpu --device cpu --reps 5 --cycles 2  # a quick CPU look
+    python perf/perf_main.py cpu --device cpu                    # a quick CPU look (CPU-sized repetitions)
 """
 
 import argparse
@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common.config import default_config  # noqa: E402
+from common.config import DEFAULT_VERSION, VERSIONS, default_config  # noqa: E402
+from common.fileio import check_writable_dir  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.fileio import write_csv_atomic  # noqa: E402
@@ -40,7 +41,10 @@ from model.supersimplenet import SuperSimpleNet  # noqa: E402
 from perf.fast_inference import Outputs, build_fast_model  # noqa: E402
 
 CSV_HEADER = ["time", "throughput", "memory", "tflops"]
-PAPER_CSV = REPO_ROOT / "paper_results" / "perf_v100s.csv"
+PAPER_RESULTS = REPO_ROOT / "paper_results"
+# the paper's protocol on a GPU; a CPU is about 100x slower, so it gets a short look by default
+GPU_REPS, GPU_CYCLES = 1000, 6
+CPU_REPS, CPU_CYCLES = 10, 2
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # largest accepted |fast - eager fp32| on maps and scores (bf16 keeps 3 fewer mantissa bits than fp16)
 CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 8e-2}
@@ -155,8 +159,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None,
                         help="fp16 on CUDA (the paper's), fp32 on CPU by default")
-    parser.add_argument("--reps", type=int, default=1000, help="timed repetitions, after as many warm-up ones (1000)")
-    parser.add_argument("--cycles", type=int, default=6, help="cycles; the first is dropped (6)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help=f"timed repetitions, after as many warm-up ones ({GPU_REPS} on CUDA, {CPU_REPS} on CPU)")
+    parser.add_argument("--cycles", type=int, default=None,
+                        help=f"cycles; the first is dropped ({GPU_CYCLES} on CUDA, {CPU_CYCLES} on CPU)")
+    parser.add_argument("--version", choices=VERSIONS, default=DEFAULT_VERSION,
+                        help="model version (jims: classification branch on raw features; icpr) and paper table")
     parser.add_argument("--path", choices=["both", *PATH_NAMES], default="both", help="which inference path to time")
     parser.add_argument("--check", action="store_true",
                         help="first compare the fast path's maps and scores to the fp32 eager model")
@@ -175,9 +183,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.gpu_model):
         raise UserError(f"gpu_model '{args.gpu_model}' goes into a file name: use letters, digits, '.', '_' or '-'")
-    if args.reps < 1:
+    if args.reps is not None and args.reps < 1:
         raise UserError(f"--reps must be at least 1, got {args.reps}")
-    if args.cycles < 2:
+    if args.cycles is not None and args.cycles < 2:
         raise UserError(f"--cycles must be at least 2 (the first cycle is dropped), got {args.cycles}")
     if args.throughput_batch is not None and args.throughput_batch < 1:
         raise UserError(f"--throughput-batch must be at least 1, got {args.throughput_batch}")
@@ -191,7 +199,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def build_master_model(args: argparse.Namespace) -> tuple[SuperSimpleNet, str]:
     """The float32 eval model on the CPU every path is derived from, and a line naming its weights."""
-    config = default_config("mvtec")
+    config = default_config("mvtec", args.version)
     config["pretrained"] = args.weights is not None
     if args.backbone is not None:
         config["backbone"] = args.backbone
@@ -199,7 +207,7 @@ def build_master_model(args: argparse.Namespace) -> tuple[SuperSimpleNet, str]:
     # the published perf model: stop_grad False (irrelevant at inference)
     config["stop_grad"] = False
     torch.manual_seed(0)  # the same random weights in every run
-    model = SuperSimpleNet(image_size=image_size, config=config)
+    model = SuperSimpleNet.from_config(image_size, config)
     if args.weights is None:
         described = "random (pretrained=False, no checkpoint): timings do not depend on weight values"
     else:
@@ -219,11 +227,12 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def paper_means() -> list[float] | None:
-    """Column means of the paper's V100S table, or None when the file is missing."""
-    if not PAPER_CSV.is_file():
+def paper_means(version: str) -> list[float] | None:
+    """Column means of the paper's V100S table of `version`, or None when the file is missing."""
+    paper_csv = PAPER_RESULTS / version / "perf_v100s.csv"
+    if not paper_csv.is_file():
         return None
-    with open(PAPER_CSV, newline="", encoding="utf-8") as handle:
+    with open(paper_csv, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter=";"))
     return [sum(float(row[key]) for row in rows) / len(rows) for key in CSV_HEADER]
 
@@ -299,7 +308,7 @@ def print_setup(master: SuperSimpleNet, weights_line: str, device: torch.device,
     total_params = sum(p.numel() for p in master.parameters())
     trainable_params = sum(p.numel() for p in master.parameters() if p.requires_grad)
     print(f"device: {device} ({device_name(device)}), precision {precision}, cuDNN deterministic")
-    print(f"model: {master.config['backbone']} {master.feature_extractor.layers}, image {height}x{width}, "
+    print(f"model: {master.backbone_name} {master.feature_extractor.layers}, image {height}x{width}, "
           f"features {master.fh}x{master.fw}; weights: {weights_line}")
     print(f"params: total {total_params:,}, trainable {trainable_params:,}")
     print(f"protocol: {args.cycles} cycles (first dropped), {args.reps} warm-up + {args.reps} timed reps; latency "
@@ -330,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     validate(args)
     device = resolve_device(args.device)
+    check_writable_dir(args.output_dir, "--output-dir")
+    choose_repetitions(args, device)
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     dtype = PRECISIONS[precision]
     cuda_graphs = device.type == "cuda" and not args.no_cuda_graphs
@@ -363,9 +374,23 @@ def main(argv: list[str] | None = None) -> None:
 
     write_results(results, args.gpu_model, args.output_dir)
     print(f"\nmeans over {args.cycles - 1} kept cycles on {device} ({device_name(device)}), {precision}:")
-    print_table(results, paper_means())
+    print_table(results, paper_means(args.version))
     print("GFLOPs: torch.profiler's count, as the paper's; it skips convolutions with padding='same', "
           "so the reference's dec_head 5x5 conv (~40 GFLOPs at 256x256) is not in its figure")
+
+
+def choose_repetitions(args: argparse.Namespace, device: torch.device) -> None:
+    """Fill in --reps/--cycles for the device; on a CPU, say what the paper's protocol would cost."""
+    on_gpu = device.type == "cuda"
+    if args.reps is None:
+        args.reps = GPU_REPS if on_gpu else CPU_REPS
+    if args.cycles is None:
+        args.cycles = GPU_CYCLES if on_gpu else CPU_CYCLES
+    if not on_gpu and args.reps * args.cycles > CPU_REPS * CPU_CYCLES:
+        # about 0.8 s per batch-1 and 3 s per batch-4 reference forward on a 2-core CPU, fast ~3x less
+        hours = args.reps * args.cycles * 2 * 4.0 * 1.3 / 3600
+        print(f"note: --reps {args.reps} x --cycles {args.cycles} on a CPU takes roughly {hours:.1f} h "
+              f"(CPU default: --reps {CPU_REPS} --cycles {CPU_CYCLES})")
 
 
 def measure_cycle(builders: dict[str, Callable[[], InferencePath]], order: list[str], device: torch.device,

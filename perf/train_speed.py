@@ -7,7 +7,7 @@ on CUDA by default, bf16 on request), their
 ratio, and the first step's loss of each from the same seed as a sanity check of the arithmetic.
 
 A step is what training does per batch: train-mode forward with feature noise, the SuperSimpleNet
-loss, backward, AdamW step (model.supersimplenet.build_optimizer). Mask all zero, labels 0.
+loss, backward, AdamW step (engine.fit.build_optimizer). Mask all zero, labels 0.
     python perf/train_speed.py --device cpu --steps 2 --batch 2 --image-size 256 256
 """
 
@@ -26,8 +26,9 @@ from common.config import default_config  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.loss import downsample_mask, supersimplenet_loss  # noqa: E402
-from model.supersimplenet import SuperSimpleNet, build_optimizer  # noqa: E402
-from perf.fast_inference import fold_backbone_batchnorms  # noqa: E402
+from engine.fit import build_optimizer  # noqa: E402
+from model.supersimplenet import SuperSimpleNet  # noqa: E402
+from perf.folding import fold_backbone_batchnorms  # noqa: E402
 
 AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEED = 0
@@ -48,7 +49,7 @@ class Trainer:
 def build_trainer(config: dict, device: torch.device, fast: bool, precision: str) -> Trainer:
     """Seeded model + optimizer; `fast` folds the frozen backbone and adds channels-last and autocast."""
     torch.manual_seed(SEED)
-    model = SuperSimpleNet(image_size=tuple(config["image_size"]), config=config).to(device).train()
+    model = SuperSimpleNet.from_config(tuple(config["image_size"]), config).to(device).train()
     autocast_dtype = AUTOCAST_DTYPES[precision] if fast else None
     if fast:
         # exact: the backbone is frozen and always in eval mode; checkpoints never hold it

@@ -15,6 +15,6 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_config() -> dict:
     """resnet18 with random weights at 64x64: 384 channels, 16x16 features, runs in milliseconds."""
-    config = default_config("mvtec")
+    config = default_config("mvtec", "icpr")
     config.update(backbone="resnet18", pretrained=False, image_size=[64, 64], batch=4, epochs=2, num_workers=0)
     return config

@@ -1,4 +1,5 @@
-"""Configuration (SPEC §4 defaults; YAML then --set precedence; type checks) and the CLI error wrapper."""
+"""Configuration (published defaults per dataset and version; YAML then --set precedence; type and
+range checks) and the CLI error wrapper."""
 
 import pytest
 
@@ -52,26 +53,69 @@ def assert_subset(config, expected):
         assert config[key] == value and type(config[key]) is type(value), (key, config[key], value)
 
 
-def test_mvtec_defaults():
-    config = default_config("mvtec")
+def test_mvtec_icpr_defaults():
+    config = default_config("mvtec", "icpr")
     assert_subset(config, {**UNSUPERVISED, "perlin_thr": 0.2, "image_size": [256, 256], "flips": False})
 
 
-def test_visa_defaults():
-    config = default_config("visa")
+def test_visa_icpr_defaults():
+    config = default_config("visa", "icpr")
     assert_subset(config, {**UNSUPERVISED, "perlin_thr": 0.6, "image_size": [256, 256]})
 
 
-def test_ksdd2_defaults():
-    config = default_config("ksdd2")
+def test_ksdd2_icpr_defaults():
+    config = default_config("ksdd2", "icpr")
     assert_subset(config, {**SUPERVISED, "image_size": [640, 232], "num_segmented": 246})
 
 
-def test_sensum_defaults():
-    config = default_config("sensum")
+def test_sensum_icpr_defaults():
+    config = default_config("sensum", "icpr")
     assert_subset(config, SUPERVISED)
     assert config["ratio_segmented"] == 1.0
     assert config["folds"] == [0, 1, 2]
+
+
+JOURNAL_SUPERVISED = {**SUPERVISED, "adapt_cls_features": False, "dilate": 7, "dt": [3, 2]}
+
+
+def test_journal_is_the_default_version():
+    assert default_config("mvtec")["version"] == "jims"
+    assert build_config("mvtec")["version"] == "jims"
+    assert default_config("mvtec", "icpr")["version"] == "icpr"
+
+
+@pytest.mark.parametrize("dataset, perlin_thr", [("mvtec", 0.2), ("visa", 0.6)])
+def test_journal_unsupervised_defaults(dataset, perlin_thr):
+    config = default_config(dataset, "jims")
+    assert_subset(config, {**UNSUPERVISED, "adapt_cls_features": False, "perlin_thr": perlin_thr,
+                           "dilate": 0, "dt": []})
+
+
+def test_journal_supervised_defaults():
+    assert_subset(default_config("ksdd2", "jims"), {**JOURNAL_SUPERVISED, "num_segmented": 246})
+    assert_subset(default_config("sensum", "jims"), {**JOURNAL_SUPERVISED, "ratio_segmented": 1.0})
+    # ICPR supervised runs neither dilate nor weight
+    assert_subset(default_config("ksdd2", "icpr"), {"dilate": 0, "dt": [], "adapt_cls_features": True})
+
+
+@pytest.mark.parametrize("dataset, ratio_setting, ratio, perlin_thr", [
+    ("ksdd2", "num_segmented", 0, 0.2), ("ksdd2", "num_segmented", 16, 0.6), ("ksdd2", "num_segmented", 246, 0.6),
+    ("sensum", "ratio_segmented", 0, 0.2), ("sensum", "ratio_segmented", 0.1, 0.6),
+    ("sensum", "ratio_segmented", 1, 0.6),
+])
+def test_journal_weak_regime_uses_the_unsupervised_perlin_threshold(dataset, ratio_setting, ratio, perlin_thr):
+    config = build_config(dataset, None, [f"{ratio_setting}={ratio}"], "jims")
+    assert config["perlin_thr"] == perlin_thr
+    # ICPR has no such rule, and a threshold the user sets wins
+    assert build_config(dataset, None, [f"{ratio_setting}={ratio}"], "icpr")["perlin_thr"] == 0.6
+    assert build_config(dataset, None, [f"{ratio_setting}={ratio}", "perlin_thr=0.5"], "jims")["perlin_thr"] == 0.5
+
+
+def test_version_is_not_a_setting():
+    with pytest.raises(UserError, match="--version"):
+        build_config("mvtec", None, ["version=icpr"])
+    with pytest.raises(UserError, match="--version"):
+        default_config("mvtec", "v3")
 
 
 def test_defaults_are_independent_copies():
@@ -123,9 +167,9 @@ def test_yaml_then_set_precedence(tmp_path):
 
 
 def test_int_accepted_for_float_keys():
-    config = build_config("mvtec", None, ["noise_std=1", "gamma=0"])
+    config = build_config("mvtec", None, ["noise_std=1", "gamma=1"])
     assert config["noise_std"] == 1.0 and type(config["noise_std"]) is float
-    assert config["gamma"] == 0.0 and type(config["gamma"]) is float
+    assert config["gamma"] == 1.0 and type(config["gamma"]) is float
 
 
 @pytest.mark.parametrize("text", ["epochs=abc", "perlin=3", "epochs=true", "epochs=2.5", "image_size=5", "backbone=7"])

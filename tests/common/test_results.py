@@ -12,7 +12,7 @@ from common.errors import UserError
 from common.fileio import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 from common.metrics import METRIC_NAMES
 from common.results import (
-    PAPER_RESULTS,
+    paper_results_path,
     ResultsWriter,
     comparison_table,
     read_last_csv,
@@ -27,7 +27,7 @@ def read_csv(path):
 
 
 def test_metric_names_match_the_paper_results():
-    paper = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
+    paper = json.loads(paper_results_path("icpr").read_text(encoding="utf-8"))
     assert set(METRIC_NAMES) == set(paper["avg"]["mvtec"])
 
 
@@ -147,7 +147,7 @@ def test_comparison_table_shows_paper_figure():
     assert "I-AUROC" in lines[1] and "AUPRO" in lines[1]
     bottle = next(line for line in lines if line.startswith("bottle"))
     assert "98.7 (100.0)" in bottle
-    paper = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
+    paper = json.loads(paper_results_path("icpr").read_text(encoding="utf-8"))
     assert f"50.0 ({100 * paper['avg']['mvtec']['AUPRO']['bottle']:.1f})" in bottle
     cable = next(line for line in lines if line.startswith("cable"))
     assert f"n/a ({100 * paper['avg']['mvtec']['I-AUROC']['cable']:.1f})" in cable
@@ -171,7 +171,7 @@ def test_write_summary_json_layout(tmp_path):
     path = tmp_path / "out" / "results_avg_std.json"
     write_summary_json(path, summaries)
     data = json.loads(path.read_text(encoding="utf-8"))
-    paper = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
+    paper = json.loads(paper_results_path("icpr").read_text(encoding="utf-8"))
     assert list(data) == list(paper) == ["avg", "std"]
     assert data["avg"]["mvtec"]["I-AUROC"] == {"bottle": pytest.approx(0.9), "total": pytest.approx(0.9)}
     assert data["std"]["mvtec"]["I-AUROC"]["bottle"] == pytest.approx(0.2 / 2**0.5)

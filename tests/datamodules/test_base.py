@@ -27,7 +27,8 @@ def write_png(path, array):
 def test_item_keys_types_and_normal_mask(tmp_path):
     image = write_png(tmp_path / "a.png", np.full((30, 40, 3), 128, np.uint8))
     item = load_item(Sample(image, "", 0), (16, 24))
-    assert set(item) == {"image", "mask", "label", "image_path", "mask_path"}
+    assert set(item) == {"image", "mask", "label", "image_path", "mask_path", "is_segmented"}
+    assert item["is_segmented"] is True
     assert item["image"].shape == (3, 16, 24) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (16, 24) and float(item["mask"].sum()) == 0.0
     assert item["label"] == 0 and item["image_path"] == image and item["mask_path"] == ""

@@ -124,7 +124,7 @@ def test_validate_prints_counts_missing_masks_and_ignored_files(simple):
         ["test", "defect", "3", "2"],
     ]
     assert report[6] == "image sizes (h x w): 24x40 (15)"
-    assert report[7].startswith("training: supervised")
+    assert report[7].startswith("training: fully supervised")
     assert "pixel metrics: off, 1 test defect(s) have no mask:" in report
     assert "  no mask: defect/d4.png" in report
     assert "  ignored (not an image): good/notes.txt" in report

@@ -1,5 +1,5 @@
-"""End to end: train.py and eval.py on a tiny generated MVTec-layout dataset with a random
-resnet18 backbone, plus their one-line errors for bad input."""
+"""End to end: train.py and eval.py (journal version, the default) on a tiny generated
+MVTec-layout dataset with a random resnet18 backbone, plus their one-line errors for bad input."""
 
 import contextlib
 import csv
@@ -111,22 +111,24 @@ def test_wandb_gets_one_run_with_epoch_logs(trained):
 def test_train_writes_checkpoint_csvs_scores_and_figures(trained):
     results = trained[1]
     run = results / "superSimpleNet"
-    weights = torch.load(run / "checkpoints" / "folder" / "widget" / "weights.pt", weights_only=True)
+    # the journal layout: a ratio folder ("1" without a supervision ratio) under each category
+    weights = torch.load(run / "checkpoints" / "folder" / "widget" / "1" / "weights.pt", weights_only=True)
     assert len(weights) == 19 and not any(k.startswith("feature_extractor") for k in weights)
 
-    rows = read_csv(run / "folder" / "last.csv")
-    assert list(rows[0]) == ["category", *METRIC_NAMES, "backbone_weights"]
+    rows = read_csv(run / "folder" / "1" / "last.csv")
+    assert list(rows[0]) == ["category", *METRIC_NAMES, "backbone_weights", "version"]
     assert rows[0]["category"] == "widget" and rows[0]["backbone_weights"] == "random"
+    assert rows[0]["version"] == "jims"
     assert all(0.0 <= float(rows[0][m]) <= 1.0 for m in METRIC_NAMES)
-    avg = read_csv(run / "folder" / "avg.csv")
+    avg = read_csv(run / "folder" / "1" / "avg.csv")
     assert avg[0]["category"] == "avg" and float(avg[0]["I-AUROC"]) == pytest.approx(float(rows[0]["I-AUROC"]))
 
-    scores = json.loads((run / "scores" / "folder" / "widget" / "scores.json").read_text())
-    assert scores["backbone_weights"] == "random"
+    scores = json.loads((run / "scores" / "folder" / "widget" / "1" / "scores.json").read_text())
+    assert scores["backbone_weights"] == "random" and scores["version"] == "jims"
     assert set(scores["scores"]) == {"good", "hole"}
     assert len(scores["scores"]["hole"]["bad"]) == 3 and len(scores["scores"]["good"]["good"]) == 3
 
-    figures = sorted((run / "visual" / "folder" / "widget").rglob("*.png"))
+    figures = sorted((run / "visual" / "folder" / "widget" / "1").rglob("*.png"))
     assert len(figures) == 6
     assert cv2.imread(str(figures[0])).shape == (64 + 18, 4 * 64, 3)
 
@@ -135,8 +137,8 @@ def test_same_seed_gives_bit_identical_checkpoints(trained, tmp_path):
     datasets, results = trained[:2]
     train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"), "--results-path",
                     str(tmp_path), "--device", "cpu", "--no-progress", "--no-figures", *_sets(TINY)])
-    first = results / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt"
-    second = tmp_path / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt"
+    first = results / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "1" / "weights.pt"
+    second = tmp_path / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "1" / "weights.pt"
     a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
     assert list(a) == list(b)
     for key in a:
@@ -146,28 +148,25 @@ def test_same_seed_gives_bit_identical_checkpoints(trained, tmp_path):
 
 def test_eval_reproduces_training_metrics_and_writes_summary(trained, tmp_path, capsys):
     datasets, results = trained[:2]
-    weights_root = tmp_path / "weights"
-    target = weights_root / "0" / "folder" / "widget"
-    target.mkdir(parents=True)
-    (target / "weights.pt").write_bytes(
-        (results / "superSimpleNet" / "checkpoints" / "folder" / "widget" / "weights.pt").read_bytes())
     out = tmp_path / "eval_res"
-    eval_cli.main(["--datasets", "folder", "--categories", "widget", "--weights-path", str(weights_root),
+    # reads the training run's checkpoints where training wrote them
+    eval_cli.main(["--datasets", "folder", "--categories", "widget", "--from-training", str(results),
                    "--datasets-folder", str(datasets / "mvtec"), "--results-path", str(out), "--device", "cpu",
                    "--num-workers", "0", "--batch", "5", "--no-progress", "--save-scores",
                    *_sets(["backbone=resnet18", "pretrained=false", "image_size=[64,64]"])])
-    evaluated = read_csv(out / "0" / "folder" / "last.csv")[0]
-    trained_row = read_csv(results / "superSimpleNet" / "folder" / "last.csv")[0]
+    evaluated = read_csv(out / "0" / "1" / "folder" / "last.csv")[0]
+    trained_row = read_csv(results / "superSimpleNet" / "folder" / "1" / "last.csv")[0]
     for metric in METRIC_NAMES:
         assert float(evaluated[metric]) == pytest.approx(float(trained_row[metric]), abs=1e-6), metric
-    assert evaluated["run_id"] == "0"
+    assert evaluated["run_id"] == "0" and evaluated["version"] == "jims"
 
+    # the official journal layout: {avg|std: {ratio: {dataset: {metric: {category|total: value}}}}}
     summary = json.loads((out / "results_avg_std.json").read_text())
-    paper = json.loads((REPO / "paper_results" / "results_avg_std.json").read_text())
-    assert set(summary) == set(paper) == {"avg", "std"}
-    assert set(summary["avg"]["folder"]) == set(paper["avg"]["mvtec"])
-    assert summary["avg"]["folder"]["I-AUROC"]["widget"] == pytest.approx(float(evaluated["I-AUROC"]))
-    assert summary["avg"]["folder"]["I-AUROC"]["total"] == pytest.approx(float(evaluated["I-AUROC"]))
+    paper = json.loads((REPO / "paper_results" / "jims" / "results_avg_std.json").read_text())
+    assert set(summary) == {"avg", "std"}
+    assert set(summary["avg"]["1"]["folder"]) == set(paper["unsup"]["1"]["avg"]["mvtec"])
+    assert summary["avg"]["1"]["folder"]["I-AUROC"]["widget"] == pytest.approx(float(evaluated["I-AUROC"]))
+    assert summary["avg"]["1"]["folder"]["I-AUROC"]["total"] == pytest.approx(float(evaluated["I-AUROC"]))
     printed = capsys.readouterr().out
     assert "RANDOM backbone weights" in printed
     assert (out / "0" / "scores" / "folder" / "widget" / "scores.json").is_file()
@@ -189,7 +188,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 def test_train_missing_dataset_root_is_one_line(tmp_path):
     result = run_cli(str(REPO / "train.py"), "mvtec", "--datasets-folder", str(tmp_path / "nowhere"), "--no-progress")
-    assert_one_line_error(result, "mvtec not found", "prepare_mvtec.py")
+    assert_one_line_error(result, "MVTec AD not found", "prepare_mvtec.py")
 
 
 def test_train_unknown_setting_and_wrong_type_are_one_line(tmp_path):
@@ -221,7 +220,7 @@ def test_train_unknown_category_and_mask_size_mismatch(tmp_path):
 
 def test_eval_rejects_corrupt_and_foreign_checkpoints(tmp_path):
     datasets = make_mvtec_tree(tmp_path / "datasets")
-    target = tmp_path / "weights" / "0" / "folder" / "widget"
+    target = tmp_path / "weights" / "0" / "folder" / "widget" / "1"
     target.mkdir(parents=True)
     common = ["--datasets", "folder", "--categories", "widget", "--weights-path", str(tmp_path / "weights"),
               "--datasets-folder", str(datasets / "mvtec"), "--results-path", str(tmp_path / "out"), "--device", "cpu",
@@ -230,7 +229,11 @@ def test_eval_rejects_corrupt_and_foreign_checkpoints(tmp_path):
     assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "weights.pt", "corrupt")
     torch.save({"feature_adaptor.projection.weight": torch.zeros(3)}, target / "weights.pt")
     assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "missing keys")
-    (target / "weights.pt").unlink()
+    # an ICPR-layout checkpoint evaluated as journal (the default): the error names --version icpr
+    (target / "weights.pt").rename(target.parent / "weights.pt")
+    assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "not found", "--version icpr")
+    assert_one_line_error(run_cli(str(REPO / "eval.py"), *common, "--version", "icpr"), "missing keys")
+    (target.parent / "weights.pt").unlink()
     assert_one_line_error(run_cli(str(REPO / "eval.py"), *common), "not found", "weights/README.md")
 
 

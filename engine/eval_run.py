@@ -1,0 +1,110 @@
+"""An evaluation run: checkpoints of one or more run ids and datasets, their result files, the
+mean and std over runs, and the comparison with the paper (what eval.py does)."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.catalog import ratio_folder
+from common.config import build_config
+from common.device import resolve_device
+from common.errors import UserError
+from common.metrics import METRIC_NAMES
+from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
+from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
+from engine.fit import seed_everything
+from engine.outputs import EvalLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
+from engine.train_run import setup_name
+from engine.units import dataset_units
+from model.supersimplenet import SuperSimpleNet
+
+
+def weights_base(args: argparse.Namespace, config: dict[str, Any], run_id: int) -> Path:
+    """The folder holding `<dataset>/<unit>[/<ratio>]/weights.pt` for `run_id`."""
+    if args.from_training is not None:
+        return args.from_training / setup_name(config, run_id) / "checkpoints"
+    return args.weights_path / str(run_id)
+
+
+def missing_checkpoint(layout: EvalLayout, unit_name: str, version: str, ratio: str) -> UserError:
+    """The error for a missing weights.pt; it names the other version when its layout holds one."""
+    path = layout.weights_path(unit_name)
+    other_version, other_ratio = ("icpr", "") if version == "jims" else ("jims", ratio)
+    other = layout.weights_path(unit_name, other_ratio)
+    if other.is_file():
+        return UserError(f"checkpoint {path} not found, but {other} is there: it is laid out for "
+                         f"--version {other_version}; run with --version {other_version}")
+    return UserError(f"checkpoint {path} not found; place the published weights as "
+                     "weights/<run_id>/<dataset>/<category>/<ratio>/weights.pt (journal) or without "
+                     "<ratio>/ (--version icpr); see weights/README.md")
+
+
+def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device: torch.device) -> tuple[set[str], str]:
+    """Evaluate every unit of one dataset for one run id; returns (backbone weight tags, ratio)."""
+    config = build_config(dataset, args.config, args.set, args.version)
+    config["seed"] += run_id  # as training seeded it, so a random backbone is rebuilt identically
+    version = config["version"]
+    ratio = ratio_folder(dataset, config)
+    units = dataset_units(dataset, config, args.datasets_folder, args.categories)
+    layout = EvalLayout(weights_base(args, config, run_id), args.results_path, str(run_id), dataset,
+                        ratio if version == "jims" else "")
+    writer = ResultsWriter(METRIC_NAMES, extra_columns=("run_id", "backbone_weights", "version"))
+    tags = set()
+    for unit in units:
+        weights = layout.weights_path(unit.name)
+        if not weights.is_file():
+            raise missing_checkpoint(layout, unit.name, version, ratio)
+        split = unit.load()
+        seed_everything(config["seed"])
+        model = SuperSimpleNet.from_config(split.image_size, config)
+        model.load_model(weights)
+        model.to(device)
+        print(f"Evaluating {dataset}/{unit.name} (run {run_id}, version {version}): {weights}; "
+              f"backbone {backbone_description(model)}")
+        loader = make_test_loader(split, args.batch, args.num_workers)
+        predictions = predict(model, loader, device, not args.no_progress, sigmoid_maps=version == "jims")
+        check_finite(predictions, f"checkpoint {weights}")
+        values, notes = evaluate(predictions, split)
+        tag = backbone_weights_tag(model)
+        tags.add(tag)
+        print(f"  {format_metrics(values)}")
+        for note in notes:
+            print(f"  note: {note}")
+        if args.save_scores:
+            write_scores_json(layout.scores_path(unit.name), predictions, tag, version)
+        if args.save_images:
+            write_figures(layout.figures_dir(unit.name), predictions, progress=not args.no_progress)
+        writer.add(unit.report_category, values, run_id=run_id, backbone_weights=tag, version=version)
+        writer.save(layout.results_dir())
+    return tags, layout.ratio
+
+
+def run_evaluation(args: argparse.Namespace) -> None:
+    if args.batch < 1 or args.num_workers < 0:
+        raise UserError("--batch must be >= 1 and --num-workers >= 0")
+    device = resolve_device(args.device)
+    tags: set[str] = set()
+    ratios: dict[str, str] = {}
+    for run_id in args.run_ids:
+        for dataset in args.datasets:
+            dataset_tags, ratios[dataset] = evaluate_dataset(args, run_id, dataset, device)
+            tags |= dataset_tags
+
+    summaries = {}
+    for dataset in args.datasets:
+        ratio = ratios[dataset]
+        rows = {}
+        for run_id in args.run_ids:
+            results = EvalLayout(Path(), args.results_path, str(run_id), dataset, ratio).results_dir()
+            rows[str(run_id)] = read_last_csv(results / "last.csv")
+        summaries[dataset] = summarize_runs(rows, METRIC_NAMES)
+        title = f"{dataset}: mean over run ids {', '.join(map(str, args.run_ids))} (version {args.version}) vs paper"
+        if "random" in tags:
+            title += "  [RANDOM backbone weights: not comparable to the paper]"
+        print(comparison_table(dataset, summaries[dataset]["avg"], METRIC_NAMES, title=title,
+                               version=args.version, ratio=ratio or "1"))
+    summary_path = args.results_path / "results_avg_std.json"
+    write_summary_json(summary_path, summaries, ratios if args.version == "jims" else None)
+    print(f"Summary: {summary_path}")

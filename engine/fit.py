@@ -1,0 +1,149 @@
+"""The training loop of one unit: seed, loaders, optimiser, the training step, periodic
+evaluation (monitoring only), the last-epoch checkpoint, the final evaluation and its files."""
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.errors import UserError
+from common.loss import downsample_mask, downsample_weights, supersimplenet_loss
+from datamodules.base import DatasetSplit, MaskProcessing
+from datamodules.sampling import make_train_loader
+from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
+from engine.outputs import TrainLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
+from model.supersimplenet import SuperSimpleNet
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def build_optimizer(
+    model: SuperSimpleNet, config: dict[str, Any]
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.MultiStepLR]:
+    """AdamW with the three published parameter groups, and MultiStepLR stepped once per epoch
+    (docs/method.md, "Optimisation").
+
+    Milestones: we pass the float products 0.8*epochs and 0.9*epochs exactly as the published
+    code does. MultiStepLR compares them to the integer epoch counter, so when a product is not
+    a whole number that milestone is never reached (e.g. 12 epochs: 9.6 and 10.8 never decay).
+    Keeping this rule keeps published configurations bit-compatible.
+    """
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.feature_adaptor.parameters(), "lr": config["adapt_lr"]},
+            {"params": model.discriminator.seg_parameters(), "lr": config["seg_lr"], "weight_decay": 1e-5},
+            {"params": model.discriminator.dec_parameters(), "lr": config["dec_lr"], "weight_decay": 1e-5},
+        ]
+    )
+    epochs = config["epochs"]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[epochs * 0.8, epochs * 0.9], gamma=config["gamma"]
+    )
+    return optimizer, scheduler
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What changes between versions inside a training step."""
+
+    clip_grad: bool
+    journal: bool  # align_corners=True downsampling, is_segmented and loss weights
+
+
+def step_loss(model: SuperSimpleNet, batch: dict[str, Any], device: torch.device, journal: bool) -> torch.Tensor:
+    """The loss of one batch (docs/method.md, "Loss" and "Journal version"): GT masks (and
+    journal loss weights) are downsampled to the feature size and duplicated with the batch."""
+    images = batch["image"].to(device)
+    mask = downsample_mask(batch["mask"].to(device), model.fh, model.fw, align_corners=journal)
+    label = torch.as_tensor(batch["label"], device=device).float()
+    map_logits, score_logits, mask, label = model(images, mask, label)
+    if not journal:
+        return supersimplenet_loss(map_logits, score_logits, mask, label)
+    copies = map_logits.shape[0] // images.shape[0]  # 2 with the anomaly generator, 1 without
+    is_segmented = torch.as_tensor(batch["is_segmented"], device=device).bool().repeat(copies)
+    loss_weight = None
+    if "loss_weight" in batch:
+        loss_weight = downsample_weights(batch["loss_weight"].to(device), model.fh, model.fw).repeat(copies, 1, 1, 1)
+    return supersimplenet_loss(map_logits, score_logits, mask, label, is_segmented, loss_weight)
+
+
+def train_step(
+    model: SuperSimpleNet, batch: dict[str, Any], optimizer: torch.optim.Optimizer, device: torch.device,
+    options: StepOptions,
+) -> float:
+    """One optimiser step on `batch`; returns the loss."""
+    optimizer.zero_grad()
+    loss = step_loss(model, batch, device, options.journal)
+    loss.backward()
+    if options.clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def fit_unit(
+    split: DatasetSplit,
+    config: dict[str, Any],
+    device: torch.device,
+    layout: TrainLayout,
+    save_figures: bool = True,
+    progress: bool = True,
+    logger: Any = None,
+) -> tuple[dict[str, float | None], list[str], str]:
+    """Train one model on `split`, save its last-epoch checkpoint, evaluate it once more and
+    write its scores and figures. Returns (metrics, notes, backbone weights tag)."""
+    journal = config["version"] == "jims"
+    seed_everything(config["seed"])
+    model = SuperSimpleNet.from_config(split.image_size, config).to(device)
+    print(f"  backbone: {backbone_description(model)}; features {model.fh}x{model.fw}")
+    processing = MaskProcessing.from_config(config) if split.supervised else None
+    train_loader = make_train_loader(
+        split, config["batch"], config["num_workers"], config["flips"], config["seed"], processing
+    )
+    evaluation_loader = make_test_loader(split, config["batch"], config["num_workers"])
+    optimizer, scheduler = build_optimizer(model, config)
+    options = StepOptions(clip_grad=config["clip_grad"], journal=journal)
+
+    epochs = config["epochs"]
+    epoch_bar = tqdm(range(epochs), desc=f"{split.category}", unit="epoch", disable=not progress)
+    for epoch in epoch_bar:
+        model.train()
+        losses = [train_step(model, batch, optimizer, device, options) for batch in train_loader]
+        epoch_loss = float(np.mean(losses)) if losses else float("nan")
+        if not np.isfinite(epoch_loss):
+            raise UserError(
+                f"{split.name}/{split.category}: the training loss became {epoch_loss} at epoch {epoch + 1}; "
+                "no checkpoint was written for this unit (earlier files are kept): lower the learning rates "
+                "or noise_std, or turn on clip_grad"
+            )
+        epoch_bar.set_postfix(loss=f"{epoch_loss:.4f}")
+        log = {"epoch": epoch + 1, "loss": epoch_loss}
+        # periodic evaluation is for monitoring only: the checkpoint is always the last epoch
+        if (epoch + 1) % config["eval_step_size"] == 0 and epoch + 1 < epochs:
+            values, _ = evaluate(predict(model, evaluation_loader, device, False, journal), split)
+            tqdm.write(f"  epoch {epoch + 1}: {format_metrics(values)}")
+            log.update({k: v for k, v in values.items() if v is not None})
+        if logger is not None:
+            logger.log(log)
+        scheduler.step()
+
+    checkpoint = model.save_model(layout.checkpoint_dir(split.category))
+    print(f"  checkpoint: {checkpoint}")
+    predictions = predict(model, evaluation_loader, device, progress, journal)
+    check_finite(predictions, f"the model trained on {split.name}/{split.category}")
+    values, notes = evaluate(predictions, split)
+    tag = backbone_weights_tag(model)
+    write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"])
+    if save_figures:
+        write_figures(layout.figures_dir(split.category), predictions, progress=progress)
+    return values, notes, tag
+

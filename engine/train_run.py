@@ -1,0 +1,78 @@
+"""A training run: every unit of one dataset, for one or more run ids, with its result files
+and the comparison with the paper printed at the end (what train.py does)."""
+
+import argparse
+import copy
+from typing import Any
+
+from common.catalog import ratio_folder
+from common.config import build_config, format_config
+from common.device import resolve_device
+from common.metrics import METRIC_NAMES
+from common.results import ResultsWriter, comparison_table
+from engine.evaluate import format_metrics
+from engine.fit import fit_unit
+from engine.outputs import TrainLayout
+from engine.units import dataset_units
+
+
+def setup_name(config: dict[str, Any], run_id: int) -> str:
+    """Run 0 keeps the published name; run N writes to `<setup_name>_run<N>`."""
+    return config["setup_name"] + (f"_run{run_id}" if run_id else "")
+
+
+def run_training(args: argparse.Namespace) -> None:
+    base_config = build_config(args.dataset, args.config, args.set, args.version)
+    device = resolve_device(args.device)
+    for run_id in args.run_ids:
+        config = copy.deepcopy(base_config)
+        config["seed"] += run_id
+        train_one_run(args, config, run_id, device)
+
+
+def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int, device) -> None:
+    version = config["version"]
+    print(f"SuperSimpleNet training: dataset {args.dataset}, version {version}, device {device}, run {run_id}")
+    print(format_config(config))
+    units = dataset_units(args.dataset, config, args.datasets_folder, args.categories)
+    ratio = ratio_folder(args.dataset, config) if version == "jims" else ""
+    layout = TrainLayout(args.results_path / setup_name(config, run_id), args.dataset, ratio)
+    writer = ResultsWriter(METRIC_NAMES, extra_columns=("backbone_weights", "version"))
+    ours: dict[str, dict[str, list[float | None]]] = {}
+    weights_tags = set()
+    for unit in units:
+        print(f"Training {args.dataset}/{unit.name}")
+        split = unit.load()
+        weak = len(split.train_weak)
+        print(f"  {len(split.train)} train images ({len(split.train_anomalous)} anomalous"
+              f"{f', {weak} with image labels only' if weak else ''}), "
+              f"{len(split.test)} test images, size {split.image_size[0]}x{split.image_size[1]}")
+        logger = None
+        if args.wandb:
+            from common.wandb_logger import WandbLogger
+
+            logger = WandbLogger(config["wandb_project"], f"{unit.name}_{setup_name(config, run_id)}", config)
+        values, notes, tag = fit_unit(
+            split, config, device, layout, save_figures=not args.no_figures, progress=not args.no_progress,
+            logger=logger,
+        )
+        if logger is not None:
+            logger.finish()
+        weights_tags.add(tag)
+        print(f"  {format_metrics(values)}")
+        for note in notes:
+            print(f"  note: {note}")
+        writer.add(unit.report_category, values, backbone_weights=tag, version=version)
+        writer.save(layout.results_dir())  # after every unit, so a crash keeps what is done
+        for metric, value in values.items():
+            ours.setdefault(metric, {}).setdefault(unit.report_category, []).append(value)
+
+    averaged = {
+        metric: {c: (sum(v) / len(v) if v and None not in v else None) for c, v in per_category.items()}
+        for metric, per_category in ours.items()
+    }
+    title = f"{args.dataset} results (last epoch, version {version}) vs paper"
+    if "random" in weights_tags:
+        title += "  [RANDOM backbone weights: not comparable to the paper]"
+    print(comparison_table(args.dataset, averaged, METRIC_NAMES, title=title, version=version, ratio=ratio or "1"))
+    print(f"Results: {layout.results_dir() / 'last.csv'}")
