@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cli.check_run_ids(args.run_ids)
+    cli.resolve_version(args)
     from engine.eval_run import run_evaluation  # torch is imported only once the arguments are good
 
     run_evaluation(args)

@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cli.check_run_ids(args.run_ids)
+    cli.resolve_version(args)
     from engine.train_run import run_training  # torch is imported only once the arguments are good
 
     run_training(args)

@@ -107,6 +107,10 @@ SETTINGS: dict[str, Setting] = {
                   "[] or [weight, power], both > 0",
                   "journal: distance-transform loss weights inside defects ([] = all weights 1)"),
     "num_workers": Setting(4, _at_least(0), "an integer >= 0", "data-loader worker processes"),
+    "calibration_split": Setting(0.0, lambda v: 0.0 <= v <= 0.5, "a number in [0, 0.5]",
+                                 "share of normal training images held back to calibrate thresholds"),
+    "checkpoint_every": Setting(10, _at_least(1), "an integer >= 1",
+                                "write resume.pt every N epochs (and when signalled), for --resume auto"),
     # bookkeeping
     "setup_name": Setting("superSimpleNet", lambda v: bool(v) and "/" not in v and v not in (".", ".."),
                           "a non-empty name without '/'", "results folder name"),
@@ -243,6 +247,24 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def chosen_settings(
+    dataset: str, config_file: Path | None = None, overrides: list[str] | None = None, version: str = DEFAULT_VERSION
+) -> dict[str, Any]:
+    """The settings the user chose (the YAML file, then `key=value` overrides; later wins), each
+    checked for a known key and converted to its type, without any default."""
+    config = default_config(dataset, version)
+    chosen: dict[str, Any] = {}
+    if config_file is not None:
+        settings = load_config_file(config_file)
+        config = apply_settings(config, settings, f"config file {config_file}")
+        chosen.update({key: config[key] for key in settings})
+    for text in overrides or []:
+        key, value = parse_override(text)
+        config = apply_settings(config, {key: value}, f"--set {text}")
+        chosen[key] = config[key]
+    return chosen
+
+
 def build_config(
     dataset: str,
     config_file: Path | None = None,
@@ -251,16 +273,8 @@ def build_config(
 ) -> dict[str, Any]:
     """Defaults of `dataset` and `version`, then the YAML file, then `key=value` overrides (later
     wins), then derived settings; checked against `SETTINGS`."""
-    config = default_config(dataset, version)
-    chosen: set[str] = set()
-    if config_file is not None:
-        settings = load_config_file(config_file)
-        config = apply_settings(config, settings, f"config file {config_file}")
-        chosen |= set(settings)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        config = apply_settings(config, {key: value}, f"--set {text}")
-        chosen.add(key)
+    chosen = chosen_settings(dataset, config_file, overrides, version)
+    config = {**default_config(dataset, version), **chosen}
     # journal: with image labels only, the Perlin threshold of the unsupervised runs is used
     if version == "jims" and "perlin_thr" not in chosen and is_weak_regime(dataset, config):
         config["perlin_thr"] = WEAK_PERLIN_THRESHOLD

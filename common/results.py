@@ -4,12 +4,15 @@ and the printed table with the paper's figure beside each of ours (docs/method.m
 The papers' figures live in `paper_results/<version>/results_avg_std.json`: the ICPR file is
 keyed {avg|std: {dataset: ...}}, the journal one {regime: {ratio: {avg|std: {dataset: ...}}}}."""
 
+import contextlib
 import csv
+import fcntl
 import json
+import os
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from common.errors import UserError
 from common.fileio import write_csv_atomic, write_json_atomic
@@ -17,7 +20,7 @@ from common.fileio import write_csv_atomic, write_json_atomic
 PAPER_RESULTS_DIR = Path(__file__).resolve().parent.parent / "paper_results"
 PAPER_RESULTS_NAME = "results_avg_std.json"
 NOT_AVAILABLE = "n/a"
-TEXT_COLUMNS = ("category", "run_id", "backbone_weights", "version")
+TEXT_COLUMNS = ("category", "fold", "run_id", "backbone_weights", "version")
 
 
 def _format_value(value: float | None) -> str:
@@ -29,8 +32,38 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+# Columns that, with `category`, tell which unit a row belongs to (SensumSODF: one row per fold).
+KEY_COLUMNS = ("category", "fold", "run_id")
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on `directory` (flock on the folder itself: no lock file is left behind),
+    so that units writing into the same results folder at once never lose each other's rows."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        return [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
 class ResultsWriter:
-    """Collects one row of metrics per category and writes `last.csv` (rows) and `avg.csv` (their mean)."""
+    """One row of metrics per unit, merged into `last.csv` (rows) and `avg.csv` (their mean).
+
+    Saving never reduces a results file: rows of units that are not in this writer are kept,
+    a unit written again replaces its own row (same `category`, `fold`, `run_id`), and the
+    read-merge-write happens under a lock on the folder, so concurrent runs keep every row.
+    """
 
     def __init__(self, metric_names: list[str], extra_columns: tuple[str, ...] = ()):
         self.metric_names = list(metric_names)
@@ -40,16 +73,39 @@ class ResultsWriter:
     def add(self, category: str, values: dict[str, float | None], **extra: Any) -> None:
         self.rows.append({"category": category, **values, **extra})
 
+    @property
+    def header(self) -> list[str]:
+        return ["category", *self.metric_names, *self.extra_columns]
+
+    def _as_text(self, row: dict[str, Any]) -> dict[str, str]:
+        text = {"category": str(row["category"])}
+        text.update({m: _format_value(row.get(m)) for m in self.metric_names})
+        text.update({c: str(row.get(c, "")) for c in self.extra_columns})
+        return text
+
     def save(self, directory: Path) -> None:
-        header = ["category", *self.metric_names, *self.extra_columns]
-        rows = [
-            [row["category"], *(_format_value(row.get(m)) for m in self.metric_names),
-             *(row.get(c, "") for c in self.extra_columns)]
-            for row in self.rows
-        ]
-        write_csv_atomic(Path(directory) / "last.csv", header, rows)
-        means = [_format_value(_mean([row.get(m) for row in self.rows])) for m in self.metric_names]
-        write_csv_atomic(Path(directory) / "avg.csv", ["category", *self.metric_names], [["avg", *means]])
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        header = self.header
+        with _locked(directory):
+            _, existing = _read_rows(directory / "last.csv")
+            ours = [self._as_text(row) for row in self.rows]
+
+            def key(row: dict[str, str]) -> tuple[str, ...]:
+                return tuple(str(row.get(c, "")) for c in KEY_COLUMNS)
+
+            replaced = {key(row): row for row in ours}
+            merged = [replaced.pop(key(row), row) for row in existing]
+            merged += [row for row in ours if key(row) in replaced]
+            write_csv_atomic(directory / "last.csv", header, [[row.get(c, "") for c in header] for row in merged])
+            means = [
+                _format_value(_mean([_parse_value(row.get(m, "")) for row in merged])) for m in self.metric_names
+            ]
+            write_csv_atomic(directory / "avg.csv", ["category", *self.metric_names], [["avg", *means]])
+
+
+def _parse_value(text: str) -> float | None:
+    return None if text in (NOT_AVAILABLE, "") else float(text)
 
 
 def read_last_csv(path: Path) -> list[dict[str, Any]]:
@@ -65,7 +121,7 @@ def read_last_csv(path: Path) -> list[dict[str, Any]]:
             if key in TEXT_COLUMNS:
                 entry[key] = value
             else:
-                entry[key] = None if value in (NOT_AVAILABLE, "") else float(value)
+                entry[key] = _parse_value(value)
         parsed.append(entry)
     return parsed
 

@@ -15,8 +15,15 @@ def new_parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", choices=VERSIONS, default=DEFAULT_VERSION,
+    parser.add_argument("--version", choices=VERSIONS, default=None,
                         help=f"method version: jims (journal 2025, default) or icpr (ICPR 2024)")
+
+
+def resolve_version(args: argparse.Namespace) -> None:
+    """`args.version` becomes the version to use and `args.version_chosen` says whether the user
+    named it (a checkpoint's model.yaml may otherwise set it)."""
+    args.version_chosen = args.version is not None
+    args.version = args.version or DEFAULT_VERSION
 
 
 def add_categories(parser: argparse.ArgumentParser) -> None:
@@ -51,5 +58,5 @@ def check_run_ids(run_ids: list[int]) -> list[int]:
     return run_ids
 
 
-__all__ = ["DATASET_NAMES", "new_parser", "add_version", "add_categories", "add_run_ids", "add_settings",
+__all__ = ["DATASET_NAMES", "new_parser", "add_version", "resolve_version", "add_categories", "add_run_ids", "add_settings",
            "add_device", "add_datasets_folder", "check_run_ids"]

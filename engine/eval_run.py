@@ -8,16 +8,18 @@ from typing import Any
 import torch
 
 from common.catalog import ratio_folder
-from common.config import build_config
+from common.config import build_config, chosen_settings
 from common.device import resolve_device
 from common.errors import UserError
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
 from engine.fit import seed_everything
+from engine.model_card import apply_card
 from engine.outputs import EvalLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
 from engine.train_run import setup_name
-from engine.units import dataset_units
+from engine.units import dataset_units, fold_column
+from model.checkpoint import read_model_card
 from model.supersimplenet import SuperSimpleNet
 
 
@@ -43,20 +45,25 @@ def missing_checkpoint(layout: EvalLayout, unit_name: str, version: str, ratio: 
 
 def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device: torch.device) -> tuple[set[str], str]:
     """Evaluate every unit of one dataset for one run id; returns (backbone weight tags, ratio)."""
-    config = build_config(dataset, args.config, args.set, args.version)
-    config["seed"] += run_id  # as training seeded it, so a random backbone is rebuilt identically
+    dataset_config = build_config(dataset, args.config, args.set, args.version)
+    dataset_config["seed"] += run_id  # as training seeded it, so a random backbone is rebuilt identically
+    chosen = chosen_settings(dataset, args.config, args.set, args.version)
+    config = dataset_config
     version = config["version"]
     ratio = ratio_folder(dataset, config)
     units = dataset_units(dataset, config, args.datasets_folder, args.categories)
     layout = EvalLayout(weights_base(args, config, run_id), args.results_path, str(run_id), dataset,
                         ratio if version == "jims" else "")
-    writer = ResultsWriter(METRIC_NAMES, extra_columns=("run_id", "backbone_weights", "version"))
+    columns = ("run_id", "backbone_weights", "version", *fold_column(dataset))
+    writer = ResultsWriter(METRIC_NAMES, extra_columns=columns)
     tags = set()
     for unit in units:
         weights = layout.weights_path(unit.name)
         if not weights.is_file():
             raise missing_checkpoint(layout, unit.name, version, ratio)
-        split = unit.load()
+        # what training recorded beside the weights (image size, backbone, seed, ...) wins over defaults
+        config = apply_card(dataset_config, read_model_card(weights), chosen, weights, args.version_chosen)
+        split = dataset_units(dataset, config, args.datasets_folder, [unit.name])[0].load()
         seed_everything(config["seed"])
         model = SuperSimpleNet.from_config(split.image_size, config)
         model.load_model(weights)
@@ -76,7 +83,8 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
             write_scores_json(layout.scores_path(unit.name), predictions, tag, version)
         if args.save_images:
             write_figures(layout.figures_dir(unit.name), predictions, progress=not args.no_progress)
-        writer.add(unit.report_category, values, run_id=run_id, backbone_weights=tag, version=version)
+        writer.add(unit.report_category, values, run_id=run_id, backbone_weights=tag, version=version,
+                   **unit.row_extra)
         writer.save(layout.results_dir())
     return tags, layout.ratio
 

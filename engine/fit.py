@@ -14,7 +14,9 @@ from common.loss import downsample_mask, downsample_weights, supersimplenet_loss
 from datamodules.base import DatasetSplit, MaskProcessing
 from datamodules.sampling import make_train_loader
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
+from engine.model_card import make_card
 from engine.outputs import TrainLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
+from model.checkpoint import write_model_card
 from model.supersimplenet import SuperSimpleNet
 
 
@@ -136,12 +138,13 @@ def fit_unit(
             logger.log(log)
         scheduler.step()
 
+    tag = backbone_weights_tag(model)
     checkpoint = model.save_model(layout.checkpoint_dir(split.category))
-    print(f"  checkpoint: {checkpoint}")
+    write_model_card(checkpoint.parent, make_card(config, model, layout.dataset, split.category, tag))
+    print(f"  checkpoint: {checkpoint} (+ model.yaml)")
     predictions = predict(model, evaluation_loader, device, progress, journal)
     check_finite(predictions, f"the model trained on {split.name}/{split.category}")
     values, notes = evaluate(predictions, split)
-    tag = backbone_weights_tag(model)
     write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"])
     if save_figures:
         write_figures(layout.figures_dir(split.category), predictions, progress=progress)

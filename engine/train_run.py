@@ -13,7 +13,7 @@ from common.results import ResultsWriter, comparison_table
 from engine.evaluate import format_metrics
 from engine.fit import fit_unit
 from engine.outputs import TrainLayout
-from engine.units import dataset_units
+from engine.units import dataset_units, fold_column
 
 
 def setup_name(config: dict[str, Any], run_id: int) -> str:
@@ -37,7 +37,7 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
     units = dataset_units(args.dataset, config, args.datasets_folder, args.categories)
     ratio = ratio_folder(args.dataset, config) if version == "jims" else ""
     layout = TrainLayout(args.results_path / setup_name(config, run_id), args.dataset, ratio)
-    writer = ResultsWriter(METRIC_NAMES, extra_columns=("backbone_weights", "version"))
+    writer = ResultsWriter(METRIC_NAMES, extra_columns=("backbone_weights", "version", *fold_column(args.dataset)))
     ours: dict[str, dict[str, list[float | None]]] = {}
     weights_tags = set()
     for unit in units:
@@ -62,7 +62,7 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
         print(f"  {format_metrics(values)}")
         for note in notes:
             print(f"  note: {note}")
-        writer.add(unit.report_category, values, backbone_weights=tag, version=version)
+        writer.add(unit.report_category, values, backbone_weights=tag, version=version, **unit.row_extra)
         writer.save(layout.results_dir())  # after every unit, so a crash keeps what is done
         for metric, value in values.items():
             ours.setdefault(metric, {}).setdefault(unit.report_category, []).append(value)

@@ -5,7 +5,7 @@ the facts behind it (folders, categories, image sizes, loaders) come from common
 """
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ class Unit:
     name: str
     report_category: str
     load: Callable[[], DatasetSplit]
+    row_extra: dict[str, Any] = field(default_factory=dict)  # SensumSODF: its fold, a column of the results
 
 
 def _loader(entry: DatasetEntry) -> Callable[..., DatasetSplit]:
@@ -42,6 +43,11 @@ def _select(available: tuple[str, ...], requested: list[str] | None, dataset: st
 def _image_size(entry: DatasetEntry, config: dict[str, Any], category: str) -> tuple[int, int]:
     """The configured image size, or the dataset's own size for the category when none is set."""
     return tuple(config["image_size"]) if config["image_size"] else entry.size_of(category)
+
+
+def fold_column(dataset: str) -> tuple[str, ...]:
+    """The results column that tells apart units sharing a category (SensumSODF folds)."""
+    return ("fold",) if dataset == "sensum" else ()
 
 
 def dataset_root(dataset: str, datasets_folder: Path) -> Path:
@@ -99,7 +105,8 @@ def dataset_units(
         for name in wanted:
             category, fold = name.rsplit("_", 1)
             units.append(Unit(dataset, name, category, lambda c=category, f=int(fold): load(
-                root, c, f, config["ratio_segmented"], _image_size(entry, config, c), weak_labels=weak_labels)))
+                root, c, f, config["ratio_segmented"], _image_size(entry, config, c), weak_labels=weak_labels),
+                row_extra={"fold": int(fold)}))
         return units
 
     # the user's own folders

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,43 @@ def test_atomic_writers(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text(encoding="utf-8")) == {"x": [1, 2]}
     assert read_csv(tmp_path / "c.csv") == [["h1", "h2"], ["1", "a,b"]]
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json", "c.csv"]
+
+
+# --- results files are never reduced -----------------------------------------------------------
+
+
+def test_saving_keeps_rows_of_other_units_and_replaces_its_own(tmp_path):
+    first = ResultsWriter(["I-AUROC"], extra_columns=("fold",))
+    first.add("bottle", {"I-AUROC": 0.5})
+    first.add("capsule", {"I-AUROC": 0.6}, fold=0)
+    first.add("capsule", {"I-AUROC": 0.7}, fold=1)
+    first.save(tmp_path)
+    again = ResultsWriter(["I-AUROC"], extra_columns=("fold",))
+    again.add("capsule", {"I-AUROC": 0.9}, fold=1)  # one fold re-run
+    again.add("cable", {"I-AUROC": 0.1})  # a new unit
+    again.save(tmp_path)
+    rows = [(r["category"], r["fold"], r["I-AUROC"]) for r in read_last_csv(tmp_path / "last.csv")]
+    assert rows == [("bottle", "", 0.5), ("capsule", "0", 0.6), ("capsule", "1", 0.9), ("cable", "", 0.1)]
+    assert float(read_csv(tmp_path / "avg.csv")[1][1]) == pytest.approx((0.5 + 0.6 + 0.9 + 0.1) / 4)
+
+
+def _write_rows(directory: str, worker: int, count: int) -> None:
+    for index in range(count):
+        writer = ResultsWriter(["I-AUROC"])
+        writer.add(f"w{worker}_{index}", {"I-AUROC": index / count})
+        writer.save(Path(directory))
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_rows, args=(str(tmp_path), w, 15)) for w in range(3)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+        assert process.exitcode == 0
+    categories = sorted(r["category"] for r in read_last_csv(tmp_path / "last.csv"))
+    assert categories == sorted(f"w{w}_{i}" for w in range(3) for i in range(15))
+    assert sorted(os.listdir(tmp_path)) == ["avg.csv", "last.csv"]  # no lock or temporary file left

@@ -2,7 +2,8 @@
 training run under `--version icpr` must give the checkpoint bytes, metrics and file layout that
 the project gave before the engine layer and the journal version were added. The values were
 recorded with the code of commit 6760f7e on this project's CPU machine (torch 2.14.1, one thread);
-a change of any of them means the ICPR configuration no longer reproduces what it did."""
+a change of any of them means the ICPR configuration no longer reproduces what it did. (The one
+file added since is `model.yaml` beside each checkpoint, which records how it was trained.)"""
 
 import contextlib
 import csv
@@ -22,6 +23,7 @@ MVTEC_METRICS = {
     "AP-loc": 0.018294392865207874, "seg-I-AUROC": 0.5555555555555556, "seg-AP-det": 0.7222222222222222,
 }
 MVTEC_FILES = [
+    "superSimpleNet/checkpoints/mvtec/bottle/model.yaml",
     "superSimpleNet/checkpoints/mvtec/bottle/weights.pt",
     "superSimpleNet/mvtec/avg.csv",
     "superSimpleNet/mvtec/last.csv",
@@ -36,6 +38,7 @@ KSDD2_METRICS = {
     "seg-AP-det": 0.5555555555555555,
 }
 KSDD2_FILES = [
+    "superSimpleNet/checkpoints/ksdd2/ksdd2/model.yaml",
     "superSimpleNet/checkpoints/ksdd2/ksdd2/weights.pt",
     "superSimpleNet/ksdd2/avg.csv",
     "superSimpleNet/ksdd2/last.csv",

@@ -1,0 +1,93 @@
+"""model.yaml: training records how a checkpoint was made; eval.py reproduces training's metrics
+from it without repeating any setting, and a --set or --version that contradicts it is an error."""
+
+import contextlib
+import csv
+import io
+
+import pytest
+import yaml
+
+import eval as eval_cli
+import train as train_cli
+from common.errors import UserError
+from common.metrics import METRIC_NAMES
+from engine.model_card import apply_card
+from tests.entrypoints.test_train_eval import _sets, make_mvtec_tree
+
+# a run that differs from every default the card must carry: backbone, random weights, 48x48,
+# run id 1 (seed + 1) and the ICPR head on the journal version's defaults
+TRAINING = ["backbone=resnet18", "pretrained=false", "image_size=[48,48]", "epochs=1", "batch=4",
+            "num_workers=0", "eval_step_size=1", "adapt_cls_features=true"]
+
+
+def _quiet(main, argv):
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        main(argv)
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("card")
+    datasets = make_mvtec_tree(root / "datasets")
+    _quiet(train_cli.main, ["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"),
+                            "--results-path", str(root / "results"), "--run-id", "1", "--device", "cpu",
+                            "--no-progress", "--no-figures", *_sets(TRAINING)])
+    return root, datasets
+
+
+def _row(path):
+    with open(path, newline="") as handle:
+        return next(csv.DictReader(handle))
+
+
+def test_card_records_version_size_backbone_seed_and_settings(trained):
+    root, _ = trained
+    card = yaml.safe_load((root / "results/superSimpleNet_run1/checkpoints/folder/widget/1/model.yaml").read_text())
+    assert card["version"] == "jims" and card["dataset"] == "folder" and card["unit"] == "widget"
+    assert card["image_size"] == [48, 48] and card["backbone"] == "resnet18"
+    assert card["layers"] == ["layer2", "layer3"] and card["patch_size"] == 3
+    assert card["adapt_cls_features"] is True
+    assert card["seed"] == 43  # 42 + run id 1
+    assert card["backbone_weights"] == "random"
+    assert card["settings"]["epochs"] == 1 and card["settings"]["image_size"] == [48, 48]
+    assert card["thresholds"] == {}
+
+
+def test_eval_reproduces_training_without_repeating_settings(trained, tmp_path):
+    root, datasets = trained
+    _quiet(eval_cli.main, ["--datasets", "folder", "--categories", "widget", "--from-training", str(root / "results"),
+                           "--run-id", "1", "--datasets-folder", str(datasets / "mvtec"), "--results-path",
+                           str(tmp_path), "--device", "cpu", "--num-workers", "0", "--no-progress"])
+    evaluated = _row(tmp_path / "1" / "1" / "folder" / "last.csv")
+    trained_row = _row(root / "results/superSimpleNet_run1/folder/1/last.csv")
+    for metric in METRIC_NAMES:
+        assert float(evaluated[metric]) == pytest.approx(float(trained_row[metric]), abs=1e-6), metric
+
+
+@pytest.mark.parametrize("arguments, fragments", [
+    (["--set", "image_size=[64,64]"], ["image_size=[64, 64]", "image_size: [48, 48]"]),
+    (["--set", "backbone=resnet34"], ["backbone='resnet34'", "'resnet18'"]),
+])
+def test_contradicting_setting_names_both_values(trained, tmp_path, capsys, arguments, fragments):
+    root, datasets = trained
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli.main(["--datasets", "folder", "--categories", "widget", "--from-training", str(root / "results"),
+                       "--run-id", "1", "--datasets-folder", str(datasets / "mvtec"), "--results-path", str(tmp_path),
+                       "--device", "cpu", "--num-workers", "0", "--no-progress", *arguments])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "model.yaml" in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_apply_card_takes_the_card_and_refuses_a_chosen_version(tmp_path):
+    card = {"version": "icpr", "settings": {"image_size": [48, 48], "seed": 7, "backbone": "resnet18", "epochs": 3}}
+    config = {"version": "jims", "image_size": [256, 256], "seed": 42, "backbone": "wide_resnet50_2", "epochs": 300}
+    applied = apply_card(config, card, {}, tmp_path / "weights.pt", version_chosen=False)
+    assert applied == {"version": "icpr", "image_size": [48, 48], "seed": 7, "backbone": "resnet18", "epochs": 300}
+    with pytest.raises(UserError, match="--version jims contradicts"):
+        apply_card(config, card, {}, tmp_path / "weights.pt", version_chosen=True)
+    assert apply_card(config, None, {"seed": 1}, tmp_path / "weights.pt") is config  # a published checkpoint
