@@ -1,5 +1,5 @@
 """SuperSimpleNet inference speed, measured the paper's way (docs/method.md, "Speed protocol"), for the published eager
-model ("reference") and for our fast path ("fast", perf/fast_inference.py) in the same run.
+model ("reference") and for our fast path ("fast", model/fast_inference.py) in the same run.
 
 In: a name for the machine (`<gpu_model>`, used in the file names) and options.
 Out: perf_<gpu_model>.csv (reference) and perf_<gpu_model>_fast.csv (fast), one row per kept
@@ -38,7 +38,7 @@ from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.fileio import write_csv_atomic  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
-from perf.fast_inference import Outputs, build_fast_model  # noqa: E402
+from model.fast_inference import Outputs, build_fast_model  # noqa: E402
 
 CSV_HEADER = ["time", "throughput", "memory", "tflops"]
 PAPER_RESULTS = REPO_ROOT / "paper_results"

@@ -28,7 +28,7 @@ from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.loss import downsample_mask, supersimplenet_loss  # noqa: E402
 from engine.fit import build_optimizer  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
-from perf.folding import fold_backbone_batchnorms  # noqa: E402
+from model.folding import fold_backbone_batchnorms  # noqa: E402
 
 AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEED = 0

@@ -5,7 +5,7 @@
 `FastSuperSimpleNet`: images B x 3 x H x W -> (anomaly_map B x 1 x H x W, score_logits B),
 both float32, equal to the eval model's outputs up to rounding.
 
-- The algebra lives in perf/folding.py: BatchNorms folded into the backbone convs, the head
+- The algebra lives in model/folding.py: BatchNorms folded into the backbone convs, the head
   reduced to channels at each backbone layer's own resolution and then resized with separable
   matrices, the anomaly map as M_h @ map @ M_w^T. This module only runs it.
 - The backbone runs channels-last (the layout cuDNN and oneDNN prefer), through the same
@@ -13,7 +13,7 @@ both float32, equal to the eval model's outputs up to rounding.
 - Precision: backbone and reductions run in `dtype` (fp16/bf16 on GPU); the seg head's last
   1024 -> 1 product, the dec head's tail, the pooling, `fc_score` and the anomaly map run in
   float32, so half precision only rounds the heavy parts.
-- GPU (perf/cuda_graphs.py): optional torch.compile, CUDA graphs per batch size and pinned host
+- GPU (model/cuda_graphs.py): optional torch.compile, CUDA graphs per batch size and pinned host
   memory with non-blocking copies (`infer_from_host`).
 """
 
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from model.feature_extractor import run_stages
 from model.supersimplenet import SuperSimpleNet
-from perf.cuda_graphs import CudaGraphs, Outputs, copy_to_host, pinned
-from perf.folding import fold_backbone_batchnorms, fold_head
+from model.cuda_graphs import CudaGraphs, Outputs, copy_to_host, pinned
+from model.folding import fold_backbone_batchnorms, fold_head
 
 # names other modules import from here
 __all__ = ["FastSuperSimpleNet", "Outputs", "build_fast_model", "fold_backbone_batchnorms"]
@@ -36,7 +36,7 @@ class FastSuperSimpleNet(nn.Module):
     """Images B x 3 x H x W -> (anomaly_map B x 1 x H x W float32, score_logits B float32).
 
     Built by `build_fast_model`; inference only (no training forward, no gradients). The
-    weights are those of `perf.folding.FoldedHead`, cast to `dtype` (the heavy GEMMs) or
+    weights are those of `model.folding.FoldedHead`, cast to `dtype` (the heavy GEMMs) or
     float32 (the tail).
     """
 

@@ -1,4 +1,4 @@
-"""The fast model against the eager eval model (perf/fast_inference.py, perf/cuda_graphs.py).
+"""The fast model against the eager eval model (model/fast_inference.py, model/cuda_graphs.py).
 
 The algebra behind it is checked identity by identity in test_folding.py.
 """
@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from perf.fast_inference import build_fast_model
-from tests.perf.random_models import images, make_model, max_differences
+from model.fast_inference import build_fast_model
+from tests.model.random_models import images, make_model, max_differences
 
 # CPU float32, measured: up to 1.4e-5 (maps up to 6.5, scores up to 10 in size)
 FP32_TOLERANCE = 5e-5

@@ -2,7 +2,7 @@
 frozen eval `SuperSimpleNet` (docs/method.md: "Feature extractor", "Head", "Anomaly map").
 
 All of it is exact linear algebra, computed in float64 on the CPU; the runtime model
-(perf/fast_inference.py) only casts these tensors and multiplies by them. Notation, per image:
+(model/fast_inference.py) only casts these tensors and multiplies by them. Notation, per image:
 
     X_l    C_l x h_l x w_l    output of backbone layer l; C = sum_l C_l channels in all
     F      C x fh x fw        features: F_l[c] = H_l @ X_l[c] @ W_l^T  (resize, then box average)

@@ -1,4 +1,4 @@
-"""perf/folding.py identity by identity: each test names the equation it checks, on float64
+"""model/folding.py identity by identity: each test names the equation it checks, on float64
 (exact up to rounding) unless the folded tensor is stored in float32."""
 
 import copy
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from model.feature_extractor import run_stages
 from model.supersimplenet import AnomalyMapGenerator, gaussian_kernel_2d
-from perf.folding import (
+from model.folding import (
     anomaly_map_matrices,
     batchnorm_scale_shift,
     feature_resize_maps,
@@ -20,7 +20,7 @@ from perf.folding import (
     fold_seg_head,
     shifted_stack,
 )
-from tests.perf.random_models import images, make_model, randomise_batchnorm
+from tests.model.random_models import images, make_model, randomise_batchnorm
 
 # measured: up to 9e-16 for the 1-D maps and the BatchNorm, 7e-14 for the head folds
 FLOAT64_TOLERANCE = 1e-14
