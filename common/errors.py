@@ -14,6 +14,12 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+# a run stopped by a signal (SIGTERM, SIGUSR1: preemption) after saving what it needs to resume
+EXIT_PREEMPTED = 3
+
+
+class Preempted(Exception):
+    """A run was asked to stop and saved its state; the message says how to continue."""
 
 
 def one_line(error: UserError) -> str:
@@ -36,6 +42,9 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         except UserError as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except Preempted as stopped:
+            print(f"stopped: {stopped}", file=sys.stderr)
+            sys.exit(EXIT_PREEMPTED)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

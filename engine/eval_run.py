@@ -11,6 +11,7 @@ from common.catalog import ratio_folder
 from common.config import build_config, chosen_settings
 from common.device import resolve_device
 from common.errors import UserError
+from common.fileio import check_writable_dir
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
@@ -93,6 +94,7 @@ def run_evaluation(args: argparse.Namespace) -> None:
     if args.batch < 1 or args.num_workers < 0:
         raise UserError("--batch must be >= 1 and --num-workers >= 0")
     device = resolve_device(args.device)
+    check_writable_dir(args.results_path, "--results-path")
     tags: set[str] = set()
     ratios: dict[str, str] = {}
     for run_id in args.run_ids:

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.errors import Preempted, UserError
 from common.loss import downsample_mask, downsample_weights, supersimplenet_loss
 from datamodules.base import DatasetSplit, MaskProcessing
 from datamodules.sampling import make_train_loader
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
 from engine.model_card import make_card
+from engine.resume import StopRequest, load_resume, resume_path, save_resume
 from engine.outputs import TrainLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
 from model.checkpoint import write_model_card
 from model.supersimplenet import SuperSimpleNet
@@ -92,6 +93,10 @@ def train_step(
     return float(loss.detach())
 
 
+# settings that do not change what a unit learns; a resume file of other settings is refused
+NOT_LEARNED = ("num_workers", "eval_step_size", "checkpoint_every", "wandb_project", "setup_name")
+
+
 def fit_unit(
     split: DatasetSplit,
     config: dict[str, Any],
@@ -100,10 +105,16 @@ def fit_unit(
     save_figures: bool = True,
     progress: bool = True,
     logger: Any = None,
+    resume: bool = False,
 ) -> tuple[dict[str, float | None], list[str], str]:
     """Train one model on `split`, save its last-epoch checkpoint, evaluate it once more and
-    write its scores and figures. Returns (metrics, notes, backbone weights tag)."""
+    write its scores and figures. Returns (metrics, notes, backbone weights tag).
+
+    `resume`: continue from the unit's `resume.pt` when there is one. Every `checkpoint_every`
+    epochs, and when SIGTERM/SIGUSR1 arrives (then at the end of the epoch, raising Preempted),
+    `resume.pt` is written; it is removed by the caller once the unit's results are saved."""
     journal = config["version"] == "jims"
+    checkpoint_dir = layout.checkpoint_dir(split.category)
     seed_everything(config["seed"])
     model = SuperSimpleNet.from_config(split.image_size, config).to(device)
     print(f"  backbone: {backbone_description(model)}; features {model.fh}x{model.fw}")
@@ -115,32 +126,40 @@ def fit_unit(
     optimizer, scheduler = build_optimizer(model, config)
     options = StepOptions(clip_grad=config["clip_grad"], journal=journal)
 
+    fingerprint = {key: value for key, value in config.items() if key not in NOT_LEARNED}
+    fingerprint.update(unit=split.category, image_size=list(split.image_size))
+    saved_state = resume_path(checkpoint_dir)
+    first_epoch = 0
+    if resume and saved_state.is_file():
+        first_epoch = load_resume(saved_state, model, optimizer, scheduler, train_loader, fingerprint)
+        print(f"  resumed from {saved_state} at epoch {first_epoch + 1}")
+
     epochs = config["epochs"]
-    epoch_bar = tqdm(range(epochs), desc=f"{split.category}", unit="epoch", disable=not progress)
-    for epoch in epoch_bar:
-        model.train()
-        losses = [train_step(model, batch, optimizer, device, options) for batch in train_loader]
-        epoch_loss = float(np.mean(losses)) if losses else float("nan")
-        if not np.isfinite(epoch_loss):
-            raise UserError(
-                f"{split.name}/{split.category}: the training loss became {epoch_loss} at epoch {epoch + 1}; "
-                "no checkpoint was written for this unit (earlier files are kept): lower the learning rates "
-                "or noise_std, or turn on clip_grad"
-            )
-        epoch_bar.set_postfix(loss=f"{epoch_loss:.4f}")
-        log = {"epoch": epoch + 1, "loss": epoch_loss}
-        # periodic evaluation is for monitoring only: the checkpoint is always the last epoch
-        if (epoch + 1) % config["eval_step_size"] == 0 and epoch + 1 < epochs:
-            values, _ = evaluate(predict(model, evaluation_loader, device, False, journal), split)
-            tqdm.write(f"  epoch {epoch + 1}: {format_metrics(values)}")
-            log.update({k: v for k, v in values.items() if v is not None})
-        if logger is not None:
-            logger.log(log)
-        scheduler.step()
+    epoch_bar = tqdm(range(first_epoch, epochs), desc=f"{split.category}", unit="epoch", disable=not progress,
+                     initial=first_epoch, total=epochs)
+    with StopRequest().listening() as stop:
+        for epoch in epoch_bar:
+            epoch_loss = train_epoch(model, train_loader, optimizer, device, options, f"{split.name}/{split.category}",
+                                     epoch)
+            epoch_bar.set_postfix(loss=f"{epoch_loss:.4f}")
+            log = {"epoch": epoch + 1, "loss": epoch_loss}
+            # periodic evaluation is for monitoring only: the checkpoint is always the last epoch
+            if (epoch + 1) % config["eval_step_size"] == 0 and epoch + 1 < epochs:
+                values, _ = evaluate(predict(model, evaluation_loader, device, False, journal), split)
+                tqdm.write(f"  epoch {epoch + 1}: {format_metrics(values)}")
+                log.update({k: v for k, v in values.items() if v is not None})
+            if logger is not None:
+                logger.log(log)
+            scheduler.step()
+            if epoch + 1 < epochs and (stop or (epoch + 1) % config["checkpoint_every"] == 0):
+                save_resume(saved_state, epoch + 1, model, optimizer, scheduler, train_loader, fingerprint)
+            if stop and epoch + 1 < epochs:
+                raise Preempted(f"{stop.signal_name} during {split.name}/{split.category}: {saved_state} holds "
+                                f"epoch {epoch + 1} of {epochs}; rerun with --resume auto to continue")
 
     tag = backbone_weights_tag(model)
-    checkpoint = model.save_model(layout.checkpoint_dir(split.category))
-    write_model_card(checkpoint.parent, make_card(config, model, layout.dataset, split.category, tag))
+    checkpoint = model.save_model(checkpoint_dir)
+    write_model_card(checkpoint_dir, make_card(config, model, layout.dataset, split.category, tag))
     print(f"  checkpoint: {checkpoint} (+ model.yaml)")
     predictions = predict(model, evaluation_loader, device, progress, journal)
     check_finite(predictions, f"the model trained on {split.name}/{split.category}")
@@ -150,3 +169,17 @@ def fit_unit(
         write_figures(layout.figures_dir(split.category), predictions, progress=progress)
     return values, notes, tag
 
+
+def train_epoch(model: SuperSimpleNet, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                options: StepOptions, unit: str, epoch: int) -> float:
+    """One pass over the training loader; returns the mean loss. A non-finite loss stops the unit
+    before anything is written for it (files of earlier units and runs are kept)."""
+    model.train()
+    losses = [train_step(model, batch, optimizer, device, options) for batch in loader]
+    epoch_loss = float(np.mean(losses)) if losses else float("nan")
+    if not np.isfinite(epoch_loss):
+        raise UserError(
+            f"{unit}: the training loss became {epoch_loss} at epoch {epoch + 1}; no checkpoint was written for "
+            "this unit (earlier files are kept): lower the learning rates or noise_std, or turn on clip_grad"
+        )
+    return epoch_loss

@@ -8,11 +8,13 @@ from typing import Any
 from common.catalog import ratio_folder
 from common.config import build_config, format_config
 from common.device import resolve_device
+from common.fileio import check_writable_dir, clean_stale_temporaries
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table
 from engine.evaluate import format_metrics
 from engine.fit import fit_unit
 from engine.outputs import TrainLayout
+from engine.resume import resume_path
 from engine.units import dataset_units, fold_column
 
 
@@ -24,6 +26,7 @@ def setup_name(config: dict[str, Any], run_id: int) -> str:
 def run_training(args: argparse.Namespace) -> None:
     base_config = build_config(args.dataset, args.config, args.set, args.version)
     device = resolve_device(args.device)
+    check_writable_dir(args.results_path, "--results-path")  # before any work: never lose a trained model
     for run_id in args.run_ids:
         config = copy.deepcopy(base_config)
         config["seed"] += run_id
@@ -41,6 +44,13 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
     ours: dict[str, dict[str, list[float | None]]] = {}
     weights_tags = set()
     for unit in units:
+        checkpoint_dir = layout.checkpoint_dir(unit.name)
+        for folder in (checkpoint_dir, layout.results_dir()):
+            clean_stale_temporaries(folder)  # what a killed earlier run left
+        if args.resume == "auto" and (checkpoint_dir / "weights.pt").is_file() and \
+                not resume_path(checkpoint_dir).is_file():
+            print(f"{args.dataset}/{unit.name}: already complete ({checkpoint_dir / 'weights.pt'}), skipped")
+            continue
         print(f"Training {args.dataset}/{unit.name}")
         split = unit.load()
         weak = len(split.train_weak)
@@ -54,7 +64,7 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
             logger = WandbLogger(config["wandb_project"], f"{unit.name}_{setup_name(config, run_id)}", config)
         values, notes, tag = fit_unit(
             split, config, device, layout, save_figures=not args.no_figures, progress=not args.no_progress,
-            logger=logger,
+            logger=logger, resume=args.resume == "auto",
         )
         if logger is not None:
             logger.finish()
@@ -64,6 +74,7 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
             print(f"  note: {note}")
         writer.add(unit.report_category, values, backbone_weights=tag, version=version, **unit.row_extra)
         writer.save(layout.results_dir())  # after every unit, so a crash keeps what is done
+        resume_path(checkpoint_dir).unlink(missing_ok=True)  # the unit is complete
         for metric, value in values.items():
             ours.setdefault(metric, {}).setdefault(unit.report_category, []).append(value)
 

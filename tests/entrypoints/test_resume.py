@@ -1,0 +1,108 @@
+"""Preemption-safe training: a run stopped by SIGUSR1/SIGTERM writes resume.pt and exits 3; the
+same command with --resume auto continues and ends with the same weights.pt, byte for byte, as a
+run that was never stopped; complete units are skipped; resume.pt is gone once a unit completes."""
+
+import contextlib
+import io
+import os
+import signal
+
+import pytest
+
+import engine.fit
+import train as train_cli
+from common.errors import EXIT_PREEMPTED
+from tests.datamodules.tree_helpers import make_ksdd2_tree
+from tests.entrypoints.test_train_eval import _sets, make_mvtec_tree
+
+EPOCHS = 5
+TINY = ["backbone=resnet18", "pretrained=false", "epochs=5", "batch=4", "num_workers=0", "eval_step_size=2",
+        "checkpoint_every=2"]
+
+
+def _run(argv: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            train_cli.main(argv)
+        except SystemExit as stopped:
+            return stopped.code
+    return 0
+
+
+def _signal_at_epoch(monkeypatch, epoch_to_stop: int, signal_number: int) -> None:
+    """Deliver a real signal to this process while epoch `epoch_to_stop` (0-based) trains."""
+    original = engine.fit.train_epoch
+
+    def train_epoch(*args, **kwargs):
+        if args[-1] == epoch_to_stop:
+            os.kill(os.getpid(), signal_number)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.fit, "train_epoch", train_epoch)
+
+
+@pytest.fixture(params=["ksdd2", "mvtec"])
+def dataset_args(request, tmp_path):
+    """A supervised (balanced sampler) and an unsupervised (shuffled loader) tiny run."""
+    if request.param == "ksdd2":
+        make_ksdd2_tree(tmp_path / "datasets" / "KolektorSDD2", train=(6, 3), test=(2, 2))
+        return ["ksdd2", "--datasets-folder", str(tmp_path / "datasets"),
+                *_sets([*TINY, "image_size=[64,32]", "num_segmented=16"])]
+    datasets = make_mvtec_tree(tmp_path / "datasets", category="bottle")
+    return ["mvtec", "--category", "bottle", "--datasets-folder", str(datasets), *_sets([*TINY, "image_size=[64,64]"])]
+
+
+def _weights(results, dataset_args):
+    dataset = dataset_args[0]
+    unit, ratio = ("ksdd2", "16") if dataset == "ksdd2" else ("bottle", "1")
+    return results / "superSimpleNet" / "checkpoints" / dataset / unit / ratio
+
+
+@pytest.mark.parametrize("stop_at, signal_number", [(1, signal.SIGUSR1), (2, signal.SIGTERM)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, dataset_args, stop_at, signal_number):
+    common = ["--device", "cpu", "--no-progress", "--no-figures"]
+    straight = tmp_path / "straight"
+    assert _run([*dataset_args, "--results-path", str(straight), *common]) == 0
+
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        _signal_at_epoch(patch, stop_at, signal_number)
+        assert _run([*dataset_args, "--results-path", str(stopped), "--resume", "auto", *common]) == EXIT_PREEMPTED
+    folder = _weights(stopped, dataset_args)
+    assert (folder / "resume.pt").is_file() and not (folder / "weights.pt").exists()
+
+    assert _run([*dataset_args, "--results-path", str(stopped), "--resume", "auto", *common]) == 0
+    assert (folder / "weights.pt").read_bytes() == (_weights(straight, dataset_args) / "weights.pt").read_bytes()
+    assert not (folder / "resume.pt").exists()  # removed once the unit is complete
+    assert not (_weights(straight, dataset_args) / "resume.pt").exists()
+
+
+def test_without_resume_a_run_starts_over_and_complete_units_are_skipped(tmp_path, monkeypatch, dataset_args):
+    common = ["--device", "cpu", "--no-progress", "--no-figures"]
+    results = tmp_path / "results"
+    with monkeypatch.context() as patch:
+        _signal_at_epoch(patch, 3, signal.SIGUSR1)
+        assert _run([*dataset_args, "--results-path", str(results), *common]) == EXIT_PREEMPTED
+    folder = _weights(results, dataset_args)
+    started_over = []
+    original = engine.fit.train_epoch
+    monkeypatch.setattr(engine.fit, "train_epoch", lambda *a, **k: started_over.append(a[-1]) or original(*a, **k))
+    assert _run([*dataset_args, "--results-path", str(results), *common]) == 0  # no --resume: from epoch 0
+    assert started_over == list(range(EPOCHS))
+    started_over.clear()
+    before = (folder / "weights.pt").stat().st_mtime_ns
+    assert _run([*dataset_args, "--results-path", str(results), "--resume", "auto", *common]) == 0
+    assert started_over == [] and (folder / "weights.pt").stat().st_mtime_ns == before
+
+
+def test_resume_file_of_other_settings_is_refused(tmp_path, monkeypatch, dataset_args, capsys):
+    common = ["--device", "cpu", "--no-progress", "--no-figures"]
+    results = tmp_path / "results"
+    with monkeypatch.context() as patch:
+        _signal_at_epoch(patch, 2, signal.SIGUSR1)
+        assert _run([*dataset_args, "--results-path", str(results), "--resume", "auto", *common]) == EXIT_PREEMPTED
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main([*dataset_args, "--results-path", str(results), "--resume", "auto", *common,
+                        "--set", "seg_lr=0.001"])
+    assert exit_info.value.code == 2
+    assert "seg_lr" in capsys.readouterr().err
