@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC §5: min-max normalisation, AUROC, step-wise AP, AUPRO.
+"""Evaluation metrics (docs/method.md, "Evaluation"): min-max normalisation, AUROC, step-wise AP, AUPRO.
 
 Everything is exact (ties handled as sklearn does) and built on sorting the scores
 of each class once: a `RankedScores` holds the normal and the anomalous scores,
@@ -222,7 +222,7 @@ def aupro(anomaly_maps: np.ndarray, gt_masks: np.ndarray, fpr_limit: float = AUP
 def compute_metrics(
     anomaly_maps: np.ndarray, gt_masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
 ) -> tuple[dict[str, float | None], list[str]]:
-    """The SPEC §5 evaluation of one test set.
+    """The evaluation of one test set (docs/method.md, "Evaluation").
 
     In: raw anomaly maps N x H x W, GT masks N x H x W (0/1), scores N (sigmoid of the
     score logits), labels N (0/1). Out: every metric of METRIC_NAMES, in that order, None

@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
 from datamodules.setup.download import (  # noqa: E402
@@ -36,11 +37,7 @@ MVTEC_URL = (
 MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 ARCHIVE_NAME = "mvtec_anomaly_detection.tar.xz"
-# Same list as datamodules/mvtec.py; kept here so this script needs no torch import.
-CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-)
+CATEGORIES = dataset_entry("mvtec").categories  # the torch-free catalogue
 
 
 def missing_categories(*roots: Path) -> list[str]:

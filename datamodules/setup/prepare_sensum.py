@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
 from datamodules.setup.download import move_into_place, prepare_entry_point, staging_folder  # noqa: E402
@@ -42,9 +43,7 @@ def find_dataset_folder(source: Path) -> Path:
 
 
 def _categories() -> tuple[str, ...]:
-    from datamodules.sensum import SENSUM_CATEGORIES
-
-    return SENSUM_CATEGORIES
+    return dataset_entry("sensum").categories
 
 
 def copy_dataset(source: Path, target: Path) -> None:

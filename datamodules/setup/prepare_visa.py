@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import check_writable_dir, make_temporary_dir  # noqa: E402
 from datamodules.setup.download import (  # noqa: E402
@@ -48,11 +49,7 @@ VISA_SHA256 = "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362"
 ARCHIVE_NAME = "VisA_20220922.tar"
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 OUTPUT_FOLDER = "visa_pytorch"
-# Same list as datamodules/visa.py; kept here so this script needs no torch import.
-CATEGORIES = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-    "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
-)
+CATEGORIES = dataset_entry("visa").categories  # the torch-free catalogue
 REQUIRED_COLUMNS = ("object", "split", "label", "image", "mask")
 LABEL_FOLDERS = {"normal": "good", "anomaly": "bad"}
 SPLITS = ("train", "test")

@@ -1,4 +1,4 @@
-"""2-D Perlin noise (SPEC §1): shape, range, lattice zeros, determinism, continuity, the fade curve,
+"""2-D Perlin noise (docs/method.md, "Anomaly generator"): shape, range, lattice zeros, determinism, continuity, the fade curve,
 and a per-pixel re-implementation of gradient noise from the same random gradients."""
 
 import math

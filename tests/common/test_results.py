@@ -1,4 +1,4 @@
-"""Results files (SPEC §5): per-category CSVs, mean and sample std over runs, the paper comparison,
+"""Results files (docs/method.md, "Evaluation"): per-category CSVs, mean and sample std over runs, the paper comparison,
 the summary JSON layout; and the atomic file writing they rely on."""
 
 import csv

@@ -1,4 +1,4 @@
-"""FeatureExtractor against a straightforward re-implementation from torchvision's layers (SPEC §1)."""
+"""FeatureExtractor against a straightforward re-implementation from torchvision's layers (docs/method.md, "Feature extractor")."""
 
 import pytest
 import torch
