@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,65 @@ def test_layout_errors(tmp_path, simple):
     (tmp_path / "empty" / "good").mkdir()
     with pytest.raises(UserError, match="no good training images in good/"):
         load_folder(tmp_path, "empty", SIZE)
+
+
+# --- journal (weak_labels): defects without masks -------------------------------------------------
+
+
+@pytest.fixture
+def unmasked(tmp_path) -> Path:
+    """10 good images and 6 defects, none with a mask (no masks/ folder)."""
+    base = tmp_path / "labels"
+    for i in range(10):
+        write_image(base / "good" / f"g{i}.png", seed=i)
+    for i in range(6):
+        write_image(base / "defect" / f"d{i}.png", seed=100 + i)
+    return base
+
+
+def test_defects_without_masks_train_as_label_only_under_weak_labels(unmasked):
+    split = load_folder(unmasked.parent, "labels", SIZE, weak_labels=True)
+    defects = [f"defect/d{i}.png" for i in range(6)]
+    test_defects = held_out_positions(6, 3)  # ceil(0.5 * 6), seed 42
+    assert names(split.train_anomalous, unmasked) == [d for k, d in enumerate(defects) if k not in test_defects]
+    assert all(not s.is_segmented and s.mask_path == "" for s in split.train_anomalous)
+    assert split.train_weak == split.train_anomalous and split.supervised
+    test_anomalous = [s for s in split.test if s.label == 1]
+    assert names(test_anomalous, unmasked) == [d for k, d in enumerate(defects) if k in test_defects]
+    assert all(s.is_segmented for s in split.test)
+    # the test defects have no mask: pixel metrics are withheld
+    assert split.info["pixel_metrics"] is False and split.info["test_defects_without_mask"] == 3
+    assert load_folder(unmasked.parent, "labels", SIZE, weak_labels=True) == split  # deterministic
+
+
+def test_defects_without_masks_are_test_only_under_icpr(unmasked):
+    split = load_folder(unmasked.parent, "labels", SIZE)
+    assert not split.supervised and split.train_anomalous == []
+    assert names([s for s in split.test if s.label == 1], unmasked) == [f"defect/d{i}.png" for i in range(6)]
+    assert split.info["test_defects_without_mask"] == 6 and split.info["pixel_metrics"] is False
+
+
+def test_summary_names_the_regime(unmasked, simple):
+    weak = validate_folder(unmasked.parent, "labels", weak_labels=True).splitlines()
+    assert [line.split() for line in weak[2:6]] == [
+        ["train", "good", "8", "-"],
+        ["train", "defect", "3", "0"],
+        ["test", "good", "2", "-"],
+        ["test", "defect", "3", "0"],
+    ]
+    assert "training: weakly supervised (3 defects without masks in train, trained on their image label)" in weak
+    assert "pixel metrics: off, 3 test defect(s) have no mask:" in weak
+    icpr = validate_folder(unmasked.parent, "labels").splitlines()
+    assert "training: unsupervised (good images only)" in icpr
+    assert "pixel metrics: off, 6 test defect(s) have no mask:" in icpr
+    # masked and unmasked defects together: mixed supervision (d4 is the only unmasked one and is held out,
+    # so add three more)
+    for i in range(5, 8):
+        write_image(simple / "defect" / f"d{i}.png", seed=100 + i)
+    mixed = validate_folder(simple.parent, "parts", weak_labels=True).splitlines()
+    unmasked_in_train = 4 - math.ceil(0.5 * 4)
+    assert (
+        f"training: mixed supervision (2 defects with masks, {unmasked_in_train} with image labels only, in train)"
+        in mixed
+    )
+    assert validate_folder(simple.parent, "parts").splitlines()[7] == "training: fully supervised (2 defects with masks in train)"

@@ -1,3 +1,6 @@
+import pickle
+
+import numpy as np
 import pytest
 
 from common.errors import UserError
@@ -117,3 +120,74 @@ def test_layout_errors_name_the_problem(ksdd2, tmp_path):
         (root / part).rmdir()
         with pytest.raises(UserError, match=f"has no {part}/ folder"):
             load_ksdd2(root, 16, SIZE)
+
+
+# --- journal (weak_labels) vs ICPR: which samples each regime trains on ---------------------------
+
+
+def ids_of(samples) -> list[int]:
+    return [int(s.image_path.rsplit("/", 1)[1][:-4]) for s in samples]
+
+
+@pytest.mark.parametrize("num_segmented, expected_segmented", [(0, 0), (16, 16), (246, 60)])
+def test_icpr_drops_unsegmented_positives(ksdd2, num_segmented, expected_segmented):
+    root, ids = ksdd2
+    split = load_ksdd2(root, num_segmented, SIZE, weak_labels=False)
+    segmented = segmented_positives(root, num_segmented, ids["train_positive"])
+    assert ids_of(split.train_normal) == ids["train_normal"]
+    assert set(ids_of(split.train_anomalous)) == segmented and len(segmented) == expected_segmented
+    assert all(s.is_segmented for s in split.train) and split.train_weak == []
+    # N = 0 is the unsupervised setting: normals only
+    assert split.supervised is (num_segmented > 0)
+
+
+@pytest.mark.parametrize("num_segmented, expected_segmented", [(0, 0), (16, 16), (246, 60)])
+def test_journal_keeps_unsegmented_positives_with_their_image_label(ksdd2, num_segmented, expected_segmented):
+    root, ids = ksdd2
+    split = load_ksdd2(root, num_segmented, SIZE, weak_labels=True)
+    segmented = segmented_positives(root, num_segmented, ids["train_positive"])
+    assert ids_of(split.train_normal) == ids["train_normal"]
+    assert ids_of(split.train_anomalous) == ids["train_positive"]  # every positive, in the file's order
+    assert {i for i, s in zip(ids_of(split.train_anomalous), split.train_anomalous) if s.is_segmented} == segmented
+    assert len(split.train_weak) == 60 - expected_segmented
+    assert all(s.label == 1 for s in split.train_weak)
+    assert all(s.is_segmented for s in split.train_normal)
+    # N = 0 is the weakly supervised regime: positives are trained on (supervised sampling)
+    assert split.supervised is True
+    # the test set does not depend on the regime, and is always segmented
+    icpr = load_ksdd2(root, num_segmented, SIZE, weak_labels=False)
+    assert split.test == icpr.test and all(s.is_segmented for s in split.test)
+    assert [s.label for s in split.test] == [0, 0, 0, 1, 1]
+
+
+def test_journal_keeps_the_file_flag_of_every_listed_training_sample(ksdd2):
+    root, ids = ksdd2
+    normal, positive = ids["train_normal"], ids["train_positive"]
+    train = [(normal[0], True), (normal[1], False), (positive[0], True), (positive[1], False)]
+    test = [(ids["test_normal"][0], False), (ids["test_positive"][0], False)]
+    dump_plain_pickle(split_file_path(root, 16), (train, test))
+    split = load_ksdd2(root, 16, SIZE, weak_labels=True)
+    assert ids_of(split.train) == [normal[0], normal[1], positive[0], positive[1]]
+    assert [(s.label, s.is_segmented) for s in split.train] == [(0, True), (0, False), (1, True), (1, False)]
+    assert [(s.label, s.is_segmented) for s in split.test] == [(0, True), (1, True)]
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("weak_labels", [False, True])
+def test_split_file_with_numpy_ids_and_flags_is_accepted(ksdd2, protocol, weak_labels):
+    root, ids = ksdd2
+    train_ids = np.array(ids["train_normal"][:2] + ids["train_positive"][:3], dtype=np.int64)
+    flags = np.array([True, True, True, False, True])
+    train = [(i, f) for i, f in zip(train_ids, flags)]
+    test = [(np.int64(i), np.bool_(True)) for i in ids["test_normal"] + ids["test_positive"]]
+    assert type(train[3][1]) is np.bool_ and type(test[0][0]) is np.int64
+    split_file_path(root, 53).write_bytes(pickle.dumps((train, test), protocol=protocol))
+    split = load_ksdd2(root, 53, SIZE, weak_labels=weak_labels)
+    positives = ids["train_positive"][:3]
+    if weak_labels:
+        assert ids_of(split.train_anomalous) == positives
+        assert [s.is_segmented for s in split.train_anomalous] == [True, False, True]
+    else:
+        assert ids_of(split.train_anomalous) == [positives[0], positives[2]]
+    assert ids_of(split.train_normal) == ids["train_normal"][:2]
+    assert ids_of(split.test) == ids["test_normal"] + ids["test_positive"]

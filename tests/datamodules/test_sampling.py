@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from datamodules.base import DatasetSplit, Sample
+from datamodules.base import DatasetSplit, MaskProcessing, Sample
 from datamodules.sampling import (
     BalancedSupervisedSampler,
     SupervisedTrainDataset,
@@ -212,3 +212,73 @@ def test_fallback_when_fewer_normals_have_probability_than_needed(monkeypatch):
     normals = [i - 4 for i in sampler if i >= 4]
     assert len(normals) == 4 and len(set(normals)) == 4
     assert {1, 4} <= set(normals)
+
+
+# --- journal: label-only positives are sampled exactly like masked ones ------------------------
+
+
+def mixed_split(tmp_path, num_masked=1, num_weak=2, num_normal=5) -> DatasetSplit:
+    """Positives with masks and label-only positives (their GT file exists but is not used)."""
+    masked, normals = make_samples(tmp_path, num_masked + num_weak, num_normal)
+    positives = masked[:num_masked] + [Sample(s.image_path, s.mask_path, 1, is_segmented=False) for s in masked[num_masked:]]
+    return DatasetSplit("test", "cat", train=normals + positives, test=normals, image_size=SIZE, supervised=True)
+
+
+JOURNAL = MaskProcessing(dilate=7, dt=(3.0, 2.0))
+
+
+def test_weak_positives_count_get_four_flips_and_balance(tmp_path):
+    split = mixed_split(tmp_path)
+    loader = make_train_loader(split, batch_size=4, num_workers=0, flips=True, seed=2, processing=JOURNAL)
+    dataset, sampler = loader.dataset, loader.sampler
+    assert dataset.positives == split.train_anomalous and len(dataset.positives) == 3
+    assert len(sampler) == 2 * 4 * 3 and sampler.num_positive == 3
+    items = [item for batch in loader for item in zip(batch["image_path"], batch["label"].tolist(),
+                                                      batch["is_segmented"].tolist())]
+    assert len(items) == 24 and sum(label for _, label, _ in items) == 12  # balanced: 12 positive, 12 normal
+    seen = Counter(path for path, label, _ in items if label == 1)
+    assert seen == Counter({s.image_path: 4 for s in split.train_anomalous})  # each positive x 4 flips
+    weak_paths = {s.image_path for s in split.train_weak}
+    assert all(segmented == (path not in weak_paths) for path, label, segmented in items if label == 1)
+    assert all(segmented for _, label, segmented in items if label == 0)
+
+
+def test_flipped_weak_positive_items(tmp_path):
+    split = mixed_split(tmp_path, num_masked=1, num_weak=1)
+    dataset = SupervisedTrainDataset(split.train_anomalous, split.train_normal, SIZE, JOURNAL)
+    plain = dataset[1]  # positive 1 (label-only), no flip
+    for flip, axes in {1: [1], 2: [2], 3: [1, 2]}.items():
+        item = dataset[flip * 2 + 1]
+        assert item["image_path"] == split.train_weak[0].image_path and item["is_segmented"] is False
+        assert torch.equal(item["image"], plain["image"].flip(axes))
+        assert torch.equal(item["mask"], torch.zeros(SIZE)) and torch.equal(item["loss_weight"], torch.ones(SIZE))
+        masked = dataset[flip * 2]
+        assert masked["is_segmented"] is True and masked["mask"].sum() > 60  # dilated 6 x 10 rectangle
+
+
+def test_mixed_batches_identical_with_zero_and_two_workers(tmp_path):
+    split = mixed_split(tmp_path)
+    serial = run_epochs(make_train_loader(split, 4, 0, flips=True, seed=9, processing=JOURNAL), epochs=2)
+    parallel = run_epochs(make_train_loader(split, 4, 2, flips=True, seed=9, processing=JOURNAL), epochs=2)
+    assert len(serial) == len(parallel) == 2 * 6
+    for a, b in zip(serial, parallel):
+        assert a["image_path"] == b["image_path"]
+        for key in ("image", "mask", "label", "is_segmented", "loss_weight"):
+            assert torch.equal(a[key], b[key]), key
+    weak = {s.image_path for s in split.train_weak}
+    for batch in serial:
+        for path, segmented, mask, weight in zip(batch["image_path"], batch["is_segmented"], batch["mask"],
+                                                 batch["loss_weight"]):
+            if path in weak:
+                assert not segmented and mask.sum() == 0 and torch.all(weight == 1)
+
+
+def test_all_weak_positives_still_give_a_supervised_loader(tmp_path):
+    # the weak regime (KSDD2 N = 0, SensumSODF ratio 0): no positive has a mask
+    split = mixed_split(tmp_path, num_masked=0, num_weak=2)
+    loader = make_train_loader(split, batch_size=4, num_workers=0, flips=True, seed=0, processing=JOURNAL)
+    assert isinstance(loader.sampler, BalancedSupervisedSampler) and len(loader.sampler) == 16
+    batches = list(loader)  # one epoch (each iteration draws a new one)
+    labels = torch.cat([b["label"] for b in batches])
+    segmented = torch.cat([b["is_segmented"] for b in batches])
+    assert int(labels.sum()) == 8 and bool(torch.all(segmented == (labels == 0)))

@@ -1,5 +1,7 @@
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.errors import UserError
@@ -110,3 +112,60 @@ def test_errors_name_the_problem(sensum, tmp_path):
     (sensum / "capsule/positive/annotation/001.png").unlink()
     with pytest.raises(UserError, match="001.png has no annotation"):
         load_sensum(sensum, "capsule", 0, 1.0, SIZE)
+
+
+# --- journal (weak_labels) vs ICPR: which samples each regime trains on ---------------------------
+
+
+def flags(samples) -> list[tuple[str, int, bool]]:
+    return [(Path(s.image_path).name, s.label, s.is_segmented) for s in samples]
+
+
+NEGATIVES = [(f"00{i}.png", 0, True) for i in range(4)]  # neg.pckl's (1, False) is forced segmented
+
+
+@pytest.mark.parametrize("weak_labels", [False, True])
+def test_ratio_one_is_fully_supervised_in_both_versions(sensum, weak_labels):
+    split = load_sensum(sensum, "capsule", 0, 1.0, SIZE, weak_labels=weak_labels)
+    assert flags(split.train) == NEGATIVES + [("000.png", 1, True), ("001.png", 1, True)]
+    assert split.supervised and split.train_weak == []
+
+
+def test_ratio_half_journal_keeps_the_unsegmented_positive(sensum):
+    journal = load_sensum(sensum, "capsule", 0, 0.5, SIZE, weak_labels=True)
+    assert flags(journal.train) == NEGATIVES + [("000.png", 1, True), ("001.png", 1, False)]
+    assert journal.supervised and flags(journal.train_weak) == [("001.png", 1, False)]
+    icpr = load_sensum(sensum, "capsule", 0, 0.5, SIZE, weak_labels=False)
+    assert flags(icpr.train) == NEGATIVES + [("000.png", 1, True)]
+    # the test set is the same, every sample segmented (pos.pckl's ("3", False) included)
+    assert journal.test == icpr.test
+    assert flags(journal.test) == [("004.png", 0, True), ("005.png", 0, True), ("002.png", 1, True), ("003.png", 1, True)]
+
+
+def test_ratio_zero_journal_is_weakly_supervised_from_pos_0(sensum):
+    with pytest.raises(UserError, match="pos_0.pckl not found"):
+        load_sensum(sensum, "capsule", 0, 0.0, SIZE, weak_labels=True)
+    write_sensum_split(sensum, "capsule", 0, "train", "pos_0.pckl", [(2, False), (3, False)])
+    split = load_sensum(sensum, "capsule", 0, 0.0, SIZE, weak_labels=True)
+    assert flags(split.train) == NEGATIVES + [("002.png", 1, False), ("003.png", 1, False)]
+    assert split.supervised and len(split.train_weak) == 2
+    assert split.info["ratio_segmented"] == 0.0
+    # ICPR ignores pos_0.pckl: ratio 0 stays unsupervised
+    assert flags(load_sensum(sensum, "capsule", 0, 0.0, SIZE).train) == NEGATIVES
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_split_files_with_numpy_ids_and_flags_are_accepted(sensum, protocol):
+    def write(part, name, entries):
+        path = sensum / "sensum_splits" / "capsule" / "0" / part / name
+        path.write_bytes(pickle.dumps(entries, protocol=protocol))
+
+    write("train", "neg.pckl", [(np.int64(i), np.bool_(i != 1)) for i in range(4)])
+    write("train", "pos_50.pckl", [(np.int32(0), np.bool_(True)), (np.uint8(1), np.bool_(False))])
+    write("test", "neg.pckl", [(np.int64(4), np.bool_(True)), (np.int64(5), np.bool_(True))])
+    write("test", "pos.pckl", [(np.int64(2), np.bool_(True)), (np.int64(3), np.bool_(False))])
+    split = load_sensum(sensum, "capsule", 0, 0.5, SIZE, weak_labels=True)
+    assert flags(split.train) == NEGATIVES + [("000.png", 1, True), ("001.png", 1, False)]
+    assert names(split.test) == [
+        "negative/data/004.png", "negative/data/005.png", "positive/data/002.png", "positive/data/003.png"
+    ]
