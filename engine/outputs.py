@@ -56,6 +56,13 @@ class TrainLayout:
         path = self.root / self.dataset
         return path / self.ratio if self.ratio else path
 
+    def unit_folders(self, unit_name: str) -> list[Path]:
+        """Every folder a unit writes files in (its figures' type subfolders included)."""
+        figures = self.figures_dir(unit_name)
+        subfolders = sorted(p for p in figures.rglob("*") if p.is_dir()) if figures.is_dir() else []
+        return [self.checkpoint_dir(unit_name), self.results_dir(), self.scores_path(unit_name).parent,
+                figures, *subfolders]
+
 
 @dataclass(frozen=True)
 class EvalLayout:

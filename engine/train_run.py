@@ -45,7 +45,7 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
     weights_tags = set()
     for unit in units:
         checkpoint_dir = layout.checkpoint_dir(unit.name)
-        for folder in (checkpoint_dir, layout.results_dir()):
+        for folder in layout.unit_folders(unit.name):
             clean_stale_temporaries(folder)  # what a killed earlier run left
         if args.resume == "auto" and (checkpoint_dir / "weights.pt").is_file() and \
                 not resume_path(checkpoint_dir).is_file():
