@@ -53,3 +53,24 @@ def test_save_panel_writes_png_atomically(tmp_path):
     assert os.listdir(out.parent) == ["x.png"]
     save_panel(out, panel)
     assert os.listdir(out.parent) == ["x.png"]
+
+
+def test_heat_map_panel_is_the_image_half_blended_with_the_jet_colours_of_the_map(tmp_path):
+    gray = np.full((H, W, 3), 128, dtype=np.uint8)
+    path = tmp_path / "gray.png"
+    assert cv2.imwrite(str(path), gray)
+    anomaly_map = np.zeros((H, W), dtype=np.float32)
+    anomaly_map[:, : W // 2] = 1.0  # hot on the left half
+    panel = render_panel(str(path), np.zeros((H, W)), anomaly_map, score=0.5, seg_score=0.5, label=0)
+    image = panel[18:, :W].astype(int)
+    heat = panel[18:, 3 * W :].astype(int)
+    assert np.all(image == 128)
+    assert np.abs(heat - image).max() > 50  # not the plain image
+    # JET: 1 -> dark red (128, 0, 0), 0 -> dark blue (0, 0, 128); half and half with gray 128
+    left, right = heat[:, : W // 2 - 1], heat[:, W // 2 + 1 :]
+    assert np.abs(left - [128, 64, 64]).max() <= 1
+    assert np.abs(right - [64, 64, 128]).max() <= 1
+    # a middle value is green-ish in JET: the blend's green rises above both ends
+    anomaly_map[:] = 0.5
+    middle = render_panel(str(path), np.zeros((H, W)), anomaly_map, 0.5, 0.5, 0)[18:, 3 * W :].astype(int)
+    assert middle[..., 1].min() > 64 + 40
