@@ -41,9 +41,7 @@ def parse_args(argv: list[str] | None = None):
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    cli.check_run_ids(args.run_ids)
-    cli.resolve_version(args)
+    args = cli.settle(parse_args(argv))
     from engine.eval_run import run_evaluation  # torch is imported only once the arguments are good
 
     run_evaluation(args)

@@ -50,6 +50,15 @@ def add_datasets_folder(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"))
 
 
+def settle(args: argparse.Namespace) -> argparse.Namespace:
+    """Checks and defaults that argparse cannot express: run ids, and the version (see resolve_version)."""
+    if getattr(args, "run_ids", None) is not None:
+        check_run_ids(args.run_ids)
+    if hasattr(args, "version"):
+        resolve_version(args)
+    return args
+
+
 def check_run_ids(run_ids: list[int]) -> list[int]:
     if any(run_id < 0 for run_id in run_ids):
         raise UserError(f"--run-id must be >= 0, got {' '.join(map(str, run_ids))}")
@@ -59,4 +68,4 @@ def check_run_ids(run_ids: list[int]) -> list[int]:
 
 
 __all__ = ["DATASET_NAMES", "new_parser", "add_version", "resolve_version", "add_categories", "add_run_ids", "add_settings",
-           "add_device", "add_datasets_folder", "check_run_ids"]
+           "add_device", "add_datasets_folder", "check_run_ids", "settle"]

@@ -313,6 +313,21 @@ def remove_downloaded_archive(archive: Path, downloaded: bool, keep_archive: boo
         print(f"deleted the downloaded archive {archive} (use --keep-archive to keep it)")
 
 
+@contextlib.contextmanager
+def extracted_archive(args: argparse.Namespace, url: str, archive_name: str, final: Path,
+                      **checksum: str) -> Iterator[tuple[Path, Path]]:
+    """The archive of a prepare script (`--archive`, or downloaded from `url` into the datasets
+    folder and checked against `checksum`), extracted into a staging sibling of `final`.
+    Yields (archive, staging); the caller checks the staging folder and moves it into place.
+    A downloaded archive is deleted afterwards unless --keep-archive."""
+    archive, downloaded = resolve_archive(args.archive, url, args.datasets_folder / archive_name, **checksum)
+    print(f"extracting {archive}\n  -> {final}")
+    with staging_folder(final, shown_as=archive) as staging:
+        extract_archive(archive, staging)
+        yield archive, staging
+    remove_downloaded_archive(archive, downloaded, args.keep_archive)
+
+
 def archive_argument_parser(description: str, epilog: str, archive_name: str) -> argparse.ArgumentParser:
     """The options every prepare script shares: --datasets-folder, --archive, --keep-archive."""
     parser = argparse.ArgumentParser(

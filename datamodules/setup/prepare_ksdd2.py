@@ -13,22 +13,12 @@ import shutil
 import sys
 from pathlib import Path
 
-# The script form (`python datamodules/setup/prepare_ksdd2.py`) runs from anywhere: make the repo importable.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_ksdd2.py` runs from anywhere
 
 from common.errors import UserError  # noqa: E402
 from common.fileio import atomic_path, check_writable_dir  # noqa: E402
-from datamodules.setup.download import (  # noqa: E402
-    archive_argument_parser,
-    extract_archive,
-    move_into_place,
-    prepare_entry_point,
-    remove_downloaded_archive,
-    resolve_archive,
-    staging_folder,
-)
+from datamodules.setup import download  # noqa: E402
 
 # The ViCoS short link (it redirects to the zip) and the MD5 that the SuperSimpleNet authors'
 # own KSDD2 setup script verifies; ViCoS itself publishes no checksum.
@@ -100,7 +90,7 @@ def copy_split_files(splits_dir: Path, root: Path) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = archive_argument_parser(
+    parser = download.archive_argument_parser(
         "Download and extract KolektorSDD2 into <datasets-folder>/KolektorSDD2 and make its split files.",
         f"Official archive: {KSDD2_URL}\n(ViCoS, University of Ljubljana; CC BY-NC-SA 4.0)",
         ARCHIVE_NAME,
@@ -112,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@prepare_entry_point
+@download.prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract KolektorSDD2 unless its images are there; then copy or generate the split files."""
     args = parse_args(argv)
@@ -126,18 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     if images_present(root):
         print(f"using the KolektorSDD2 images already in {root}")
     else:
-        download_path = args.datasets_folder / ARCHIVE_NAME
-        archive, downloaded = resolve_archive(args.archive, KSDD2_URL, download_path, md5=KSDD2_MD5)
-        print(f"extracting {archive}\n  -> {root}")
-        with staging_folder(root, shown_as=archive) as staging:
-            extract_archive(archive, staging)
+        with download.extracted_archive(args, KSDD2_URL, ARCHIVE_NAME, root, md5=KSDD2_MD5) as (archive, staging):
             if not images_present(staging):
                 raise UserError(
                     f"{archive} has no train/ and test/ images; nothing was put in {root}; "
                     "the archive is not KolektorSDD2, download the official one again"
                 )
-            move_into_place(staging, root)
-        remove_downloaded_archive(archive, downloaded, args.keep_archive)
+            download.move_into_place(staging, root)
     if args.splits_dir is not None:
         copies = copy_split_files(args.splits_dir, root)
         print(f"copied {len(copies)} split file(s) from {args.splits_dir}: {', '.join(p.name for p in copies)}")

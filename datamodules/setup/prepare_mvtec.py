@@ -11,23 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-# The script form (`python datamodules/setup/prepare_mvtec.py`) runs from anywhere: make the repo importable.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_mvtec.py` runs from anywhere
 
 from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
-from datamodules.setup.download import (  # noqa: E402
-    archive_argument_parser,
-    extract_archive,
-    move_into_place,
-    prepare_entry_point,
-    remove_downloaded_archive,
-    resolve_archive,
-    staging_folder,
-)
+from datamodules.setup import download  # noqa: E402
 
 # Official archive and its SHA-256 as published in anomalib's MVTec AD datamodule.
 MVTEC_URL = (
@@ -47,7 +37,7 @@ def missing_categories(*roots: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = archive_argument_parser(
+    parser = download.archive_argument_parser(
         "Download and extract MVTec AD into <datasets-folder>/mvtec.",
         f"Official archive: {MVTEC_URL}\nDataset page (manual download): {MVTEC_PAGE}",
         ARCHIVE_NAME,
@@ -55,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@prepare_entry_point
+@download.prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract MVTec AD into `<datasets>/mvtec` unless it is already complete there."""
     args = parse_args(argv)
@@ -64,11 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"MVTec AD is already prepared in {root} ({len(CATEGORIES)} categories); nothing to do")
         return
     check_writable_dir(args.datasets_folder, "--datasets-folder")
-    download_path = args.datasets_folder / ARCHIVE_NAME
-    archive, downloaded = resolve_archive(args.archive, MVTEC_URL, download_path, sha256=MVTEC_SHA256)
-    print(f"extracting {archive}\n  -> {root}")
-    with staging_folder(root, shown_as=archive) as staging:
-        extract_archive(archive, staging)
+    with download.extracted_archive(args, MVTEC_URL, ARCHIVE_NAME, root, sha256=MVTEC_SHA256) as (archive, staging):
         # Categories already complete in `root` count: the archive only has to supply the others.
         missing = missing_categories(staging, root)
         if missing:
@@ -76,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{archive} lacks the categories {', '.join(missing)} (train/good, test, ground_truth); "
                 f"nothing was put in {root}; the archive is not the complete MVTec AD, download the official one again"
             )
-        move_into_place(staging, root)
-    remove_downloaded_archive(archive, downloaded, args.keep_archive)
+        download.move_into_place(staging, root)
     print(f"MVTec AD ready: {len(CATEGORIES)} categories in {root}")
 
 

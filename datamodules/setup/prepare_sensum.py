@@ -15,15 +15,13 @@ import shutil
 import sys
 from pathlib import Path
 
-# The script form (`python datamodules/setup/prepare_sensum.py`) runs from anywhere: make the repo importable.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_sensum.py` runs from anywhere
 
 from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
-from datamodules.setup.download import move_into_place, prepare_entry_point, staging_folder  # noqa: E402
+from datamodules.setup import download  # noqa: E402
 
 DATASET_FOLDER = "SensumSODF"
 HOW_TO_OBTAIN = (
@@ -51,7 +49,7 @@ def copy_dataset(source: Path, target: Path) -> None:
     resolved_source = source.resolve()
     if resolved_source == target.resolve() or resolved_source in target.resolve().parents:
         raise UserError(f"--source {source} contains the destination {target}; pass the folder of your copy itself")
-    with staging_folder(target) as staging:
+    with download.staging_folder(target) as staging:
         try:
             shutil.copytree(source, staging, dirs_exist_ok=True)
         except shutil.Error as error:  # one (source, destination, reason) per file that failed
@@ -61,7 +59,7 @@ def copy_dataset(source: Path, target: Path) -> None:
                 f"cannot copy {len(failures) or 'some'} file(s) of {source}{first}; nothing was put in {target}; "
                 "check the files' permissions and the free disk space"
             ) from None
-        move_into_place(staging, target)
+        download.move_into_place(staging, target)
 
 
 def report_missing(missing: list[str], root: Path, fix: str) -> UserError:
@@ -99,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@prepare_entry_point
+@download.prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Copy the user's SensumSODF in (when absent), then list what is missing or summarise it."""
     from datamodules.sensum import check_sensum

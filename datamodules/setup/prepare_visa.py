@@ -25,23 +25,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-# The script form (`python datamodules/setup/prepare_visa.py`) runs from anywhere: make the repo importable.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_visa.py` runs from anywhere
 
 from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import check_writable_dir, make_temporary_dir  # noqa: E402
-from datamodules.setup.download import (  # noqa: E402
-    archive_argument_parser,
-    extract_archive,
-    move_into_place,
-    prepare_entry_point,
-    remove_downloaded_archive,
-    resolve_archive,
-    staging_folder,
-)
+from datamodules.setup import download  # noqa: E402
 
 # Official archive and its SHA-256 (the checksum anomalib's VisA datamodule verifies).
 VISA_URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"
@@ -179,7 +169,7 @@ def missing_categories(output_root: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = archive_argument_parser(
+    parser = download.archive_argument_parser(
         "Download and extract VisA into <datasets-folder>/visa, then build visa/visa_pytorch "
         "from split_csv/1cls.csv.",
         f"Official archive: {VISA_URL}",
@@ -188,7 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@prepare_entry_point
+@download.prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract VisA (unless already extracted) and build visa_pytorch (unless already complete)."""
     args = parse_args(argv)
@@ -202,11 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"using the VisA already extracted in {raw_root}")
         counts = build_visa_pytorch(raw_root, output_root, required=CATEGORIES)
     else:
-        download_path = args.datasets_folder / ARCHIVE_NAME
-        archive, downloaded = resolve_archive(args.archive, VISA_URL, download_path, sha256=VISA_SHA256)
-        print(f"extracting {archive}\n  -> {raw_root}")
-        with staging_folder(raw_root, shown_as=archive) as staging:
-            extract_archive(archive, staging)
+        with download.extracted_archive(args, VISA_URL, ARCHIVE_NAME, raw_root,
+                                        sha256=VISA_SHA256) as (archive, staging):
             if not (staging / SPLIT_CSV).is_file():
                 raise UserError(
                     f"{archive} has no {SPLIT_CSV.as_posix()}; nothing was put in {raw_root}; "
@@ -214,8 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             counts = build_visa_pytorch(staging, staging / OUTPUT_FOLDER, required=CATEGORIES)
             # Raw files merge with an earlier extraction; the old (incomplete) visa_pytorch is replaced.
-            move_into_place(staging, raw_root, replace_whole=(OUTPUT_FOLDER,))
-        remove_downloaded_archive(archive, downloaded, args.keep_archive)
+            download.move_into_place(staging, raw_root, replace_whole=(OUTPUT_FOLDER,))
     for category, numbers in sorted(counts.items()):
         print(f"  {category}: " + ", ".join(f"{n} {folder}" for folder, n in numbers.items()))
     print(f"VisA ready: {len(counts)} categories in {output_root} (raw files kept in {raw_root})")
