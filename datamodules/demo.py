@@ -1,17 +1,23 @@
 """The embedded demo: a small synthetic dataset in MVTec layout, generated deterministically.
 
 Two textured surfaces ("fabric": a woven pattern, "metal": brushed streaks) with three defect
-kinds each (scratch, spot, stain) and their pixel masks. Made once under `<datasets>/demo/`;
-a marker file records the generator version so a stale or partial copy is rebuilt.
+kinds each (scratch, spot, stain) and their pixel masks. Made once under `<datasets>/demo/`:
+built in a hidden sibling folder, then renamed into place in one step with a marker file that
+records the generator version, so concurrent processes never see a partial copy and an outdated
+one is rebuilt.
 """
 
+import errno
+import fcntl
+import os
 import shutil
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from common.fileio import write_text_atomic
+from common.fileio import make_temporary_dir, write_text_atomic
 
 DEMO_CATEGORIES = ("fabric", "metal")
 DEFECT_TYPES = ("scratch", "spot", "stain")
@@ -21,6 +27,8 @@ NUM_TEST_GOOD = 16
 NUM_TEST_PER_DEFECT = 10
 GENERATOR_VERSION = "demo-v2"
 MARKER_NAME = ".complete"
+BUILD_PREFIX = ".demo-build-"  # hidden sibling folders where a copy is generated before its rename
+STALE_BUILD_AGE_S = 60.0  # a build folder this old whose builder is gone is removed
 
 
 def _fabric(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -100,16 +108,82 @@ def _generate_category(category_root: Path, category: str, seed: int) -> None:
             _write_png(category_root / "ground_truth" / kind / f"{index:03d}_mask.png", mask)
 
 
-def ensure_demo_dataset(datasets_folder: Path, seed: int = 0) -> Path:
-    """Create `<datasets_folder>/demo/<category>/...` unless a complete copy exists; return the demo root."""
-    root = Path(datasets_folder) / "demo"
+def _is_complete(root: Path) -> bool:
     marker = root / MARKER_NAME
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == GENERATOR_VERSION:
+    try:
+        return marker.read_text(encoding="utf-8").strip() == GENERATOR_VERSION
+    except OSError:
+        return False
+
+
+def _remove_stale_builds(folder: Path, min_age_s: float = STALE_BUILD_AGE_S) -> None:
+    """Delete `.demo-build-*` folders that a killed generation left behind: only those older than
+    `min_age_s` whose builder is gone (nobody holds the lock its builder keeps on it)."""
+    for candidate in folder.glob(BUILD_PREFIX + "*"):
+        try:
+            if time.time() - candidate.stat().st_mtime < min_age_s:
+                continue
+            handle = os.open(candidate, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(handle)
+            continue  # its builder is still at work
+        try:
+            shutil.rmtree(candidate, ignore_errors=True)
+        finally:
+            os.close(handle)
+
+
+def _publish(build: Path, root: Path) -> bool:
+    """Rename the finished `build` onto `root` in one step; False when another process got there
+    first with a complete copy. An incomplete or outdated `root` is moved aside and removed."""
+    for _ in range(10):
+        try:
+            os.rename(build, root)  # atomic; fails when root exists and is not empty
+            return True
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise
+        if _is_complete(root):
+            return False
+        # an outdated copy, or a half-written one from an older version of this code
+        aside = make_temporary_dir(root.parent, BUILD_PREFIX + "old-")
+        try:
+            os.rename(root, aside / "demo")
+        except FileNotFoundError:
+            pass  # someone else moved it already
+        shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"could not put the demo dataset in place at {root}")
+
+
+def ensure_demo_dataset(datasets_folder: Path, seed: int = 0) -> Path:
+    """Create `<datasets_folder>/demo/<category>/...` unless a complete copy exists; return the demo root.
+
+    Safe when several processes (array tasks) ask at once: each builds in its own hidden sibling
+    folder and renames it into place in one step, marker included, so `demo/` is either absent or
+    complete; the process that loses the race discards its copy and uses the winner's. A process
+    killed mid-way leaves only its hidden folder, removed by a later call once its builder is gone.
+    """
+    folder = Path(datasets_folder)
+    root = folder / "demo"
+    if _is_complete(root):
         return root
-    if root.exists():
-        shutil.rmtree(root)  # partial or from an older generator: rebuild from scratch
-    for offset, category in enumerate(DEMO_CATEGORIES):
-        _generate_category(root / category, category, seed + offset)
-    write_text_atomic(marker, GENERATOR_VERSION + "\n")
-    print(f"Generated the synthetic demo dataset at {root} ({', '.join(DEMO_CATEGORIES)})")
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(folder)
+    build = make_temporary_dir(folder, BUILD_PREFIX)
+    lock = os.open(build, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # tells _remove_stale_builds that this build is alive
+        for offset, category in enumerate(DEMO_CATEGORIES):
+            _generate_category(build / category, category, seed + offset)
+        write_text_atomic(build / MARKER_NAME, GENERATOR_VERSION + "\n")
+        if _publish(build, root):
+            print(f"Generated the synthetic demo dataset at {root} ({', '.join(DEMO_CATEGORIES)})")
+    finally:
+        os.close(lock)
+        if build.exists():
+            shutil.rmtree(build, ignore_errors=True)  # the loser's copy, or what a failure left
     return root
