@@ -16,7 +16,7 @@ def new_parser(description: str | None) -> argparse.ArgumentParser:
 
 def add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", choices=VERSIONS, default=None,
-                        help=f"method version: jims (journal 2025, default) or icpr (ICPR 2024)")
+                        help="method version: jims (journal 2025, default) or icpr (ICPR 2024)")
 
 
 def resolve_version(args: argparse.Namespace) -> None:

@@ -15,9 +15,7 @@ Run from the repository root or from inside perf/:
 
 import argparse
 import copy
-import csv
 import gc
-import platform
 import re
 import sys
 from dataclasses import dataclass
@@ -36,19 +34,16 @@ from common.config import DEFAULT_VERSION, VERSIONS, default_config  # noqa: E40
 from common.fileio import check_writable_dir  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
-from common.fileio import write_csv_atomic  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
 from model.fast_inference import Outputs, build_fast_model  # noqa: E402
+from perf.report import PATH_NAMES, device_name, format_value, paper_means, print_table, write_results  # noqa: E402
 
-CSV_HEADER = ["time", "throughput", "memory", "tflops"]
-PAPER_RESULTS = REPO_ROOT / "paper_results"
 # the paper's protocol on a GPU; a CPU is about 100x slower, so it gets a short look by default
 GPU_REPS, GPU_CYCLES = 1000, 6
 CPU_REPS, CPU_CYCLES = 10, 2
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # largest accepted |fast - eager fp32| on maps and scores (bf16 keeps 3 fewer mantissa bits than fp16)
 CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 8e-2}
-PATH_NAMES = ("reference", "fast")
 LATENCY_BATCH = 1
 GPU_THROUGHPUT_BATCH = 16  # the paper's
 CPU_THROUGHPUT_BATCH = 4  # a CPU needs seconds per image; 16 would make a quick look take many minutes
@@ -216,54 +211,6 @@ def build_master_model(args: argparse.Namespace) -> tuple[SuperSimpleNet, str]:
     return model.eval(), described
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu_info = Path("/proc/cpuinfo")
-    if cpu_info.is_file():
-        for line in cpu_info.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def paper_means(version: str) -> list[float] | None:
-    """Column means of the paper's V100S table of `version`, or None when the file is missing."""
-    paper_csv = PAPER_RESULTS / version / "perf_v100s.csv"
-    if not paper_csv.is_file():
-        return None
-    with open(paper_csv, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter=";"))
-    return [sum(float(row[key]) for row in rows) / len(rows) for key in CSV_HEADER]
-
-
-def mean_row(rows: list[list[float]]) -> list[float]:
-    return [sum(column) / len(column) for column in zip(*rows)]
-
-
-def format_value(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "nan" if value != value else f"{value:.2f}"
-
-
-def print_table(results: dict[str, list[list[float]]], paper: list[float] | None) -> None:
-    labels = ["latency [ms], batch 1", "throughput [img/s]", "peak memory [MB]", "GFLOPs (profiler)"]
-    means = {name: mean_row(rows) for name, rows in results.items()}
-    header = f"{'metric':<24}{'paper V100S':>13}" + "".join(f"{name:>13}" for name in means)
-    print(header)
-    print("-" * len(header))
-    for index, label in enumerate(labels):
-        line = f"{label:<24}{format_value(paper[index] if paper else None):>13}"
-        print(line + "".join(f"{format_value(row[index]):>13}" for row in means.values()))
-    if set(means) == set(PATH_NAMES):
-        reference, fast = means["reference"], means["fast"]
-        print(
-            f"fast vs reference: latency x{fast[0] / reference[0]:.3f} ({reference[0] / fast[0]:.2f}x faster), "
-            f"throughput x{fast[1] / reference[1]:.2f}"
-        )
-
-
 def check_outputs(master: SuperSimpleNet, fast: InferencePath, reference: InferencePath, device: torch.device,
                   precision: str) -> bool:
     """Print the largest |difference| of maps and scores to the fp32 eager model; True when within tolerance.
@@ -323,15 +270,6 @@ def print_setup(master: SuperSimpleNet, weights_line: str, device: torch.device,
     if args.throughput_batch != GPU_THROUGHPUT_BATCH:
         print(f"note: throughput batch {args.throughput_batch}; the paper's is {GPU_THROUGHPUT_BATCH} "
               f"(--throughput-batch {GPU_THROUGHPUT_BATCH})")
-
-
-def write_results(results: dict[str, list[list[float]]], gpu_model: str, output_dir: Path) -> None:
-    """perf_<gpu_model>.csv for the reference path, perf_<gpu_model>_fast.csv for ours (published format)."""
-    for name, rows in results.items():
-        suffix = "" if name == "reference" else "_fast"
-        path = output_dir / f"perf_{gpu_model}{suffix}.csv"
-        write_csv_atomic(path, CSV_HEADER, rows, delimiter=";")
-        print(f"wrote {path} ({name})")
 
 
 @exit_on_user_error
