@@ -240,7 +240,7 @@ def test_resources_no_gpu_unless_asked(tmp_path):
     plain = subprocess.run(base, capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 0, plain.stderr
     array, aggregation = [line for line in plain.stderr.splitlines() if line.startswith("dry-run: sbatch")]
-    assert "gpu" not in array and "--array=0 " in array and "--requeue" in array, array
+    assert "--gres" not in array and "--gpus" not in array and "--array=0 " in array and "--requeue" in array, array
     assert "--signal=B:USR1@120" in array and "--open-mode=append" in array and "%x-%A_%a.out" in array, array
     assert "--dependency=afterany:" in aggregation and "--kill-on-invalid-dep=yes" in aggregation, aggregation
     env.update(SSN_GPUS="2", SSN_CPUS="4", SSN_MEM="", SSN_TIME="1:00:00", SSN_PARTITION="gpu",
