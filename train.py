@@ -7,7 +7,7 @@ then --set key=value (see README.md, "Training").
 from pathlib import Path
 
 from common.errors import exit_on_user_error
-from engine import cli
+from engine import cli, signals
 
 
 def parse_args(argv: list[str] | None = None):
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None):
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    signals.install_early_handlers()  # a preemption signal during start-up must not kill the run
     args = cli.settle(parse_args(argv))
     from engine.train_run import run_training  # torch is imported only once the arguments are good
 

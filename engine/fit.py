@@ -154,7 +154,7 @@ def fit_unit(
             if epoch + 1 < epochs and (stop or (epoch + 1) % config["checkpoint_every"] == 0):
                 save_resume(saved_state, epoch + 1, model, optimizer, scheduler, train_loader, fingerprint)
             if stop and epoch + 1 < epochs:
-                raise Preempted(f"{stop.signal_name} during {split.name}/{split.category}: {saved_state} holds "
+                raise Preempted(f"{stop.signal_name} during {layout.dataset}/{split.category}: {saved_state} holds "
                                 f"epoch {epoch + 1} of {epochs}; rerun with --resume auto to continue")
 
     tag = backbone_weights_tag(model)

@@ -17,10 +17,10 @@ import torch
 from common.errors import UserError
 from common.fileio import atomic_path
 from datamodules.sampling import BalancedSupervisedSampler
+from engine.signals import STOP_SIGNALS, early_signal
 
 RESUME_NAME = "resume.pt"
 RESUME_FORMAT = 1
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def resume_path(checkpoint_dir: Path) -> Path:
@@ -31,7 +31,7 @@ class StopRequest:
     """Set by SIGTERM/SIGUSR1 while training; the loop checks it at the end of every epoch."""
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
+        self.signal_name: str | None = early_signal()  # one that arrived before training started
 
     def __bool__(self) -> bool:
         return self.signal_name is not None

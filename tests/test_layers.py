@@ -7,8 +7,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # layer of each top-level package of ours; a module may import its own layer or lower ones,
 # except that model/ and datamodules/ are siblings that do not import each other
-LAYERS = {"common": 0, "model": 1, "datamodules": 1, "engine": 2, "perf": 3, "entry": 3}
-OURS = {"common", "model", "datamodules", "engine", "perf", "train", "eval", "predict", "export"}
+LAYERS = {"common": 0, "model": 1, "datamodules": 1, "engine": 2, "perf": 3, "slurm": 3, "entry": 3}
+OURS = {"common", "model", "datamodules", "engine", "perf", "slurm", "train", "eval", "predict", "export"}
 ENTRY_POINTS = {"train", "eval", "predict", "export"}
 
 
@@ -21,7 +21,7 @@ def package_of(module: str) -> str | None:
 
 def source_files() -> list[Path]:
     files = [p for p in REPO.glob("*.py")]
-    for package in ("common", "model", "datamodules", "engine", "perf"):
+    for package in ("common", "model", "datamodules", "engine", "perf", "slurm"):
         files += sorted((REPO / package).rglob("*.py"))
     return files
 

@@ -106,3 +106,23 @@ def test_resume_file_of_other_settings_is_refused(tmp_path, monkeypatch, dataset
                         "--set", "seg_lr=0.001"])
     assert exit_info.value.code == 2
     assert "seg_lr" in capsys.readouterr().err
+
+
+def test_a_signal_during_start_up_stops_after_the_first_epoch(tmp_path, monkeypatch, dataset_args):
+    """A preemption signal that arrives before training (imports, data loading) must not kill the
+    process: the run trains one epoch, writes resume.pt and exits as preempted."""
+    from engine import signals
+
+    monkeypatch.setattr(signals, "_received", [])
+    previous = {number: signal.getsignal(number) for number in signals.STOP_SIGNALS}
+    try:
+        signals.install_early_handlers()
+        os.kill(os.getpid(), signal.SIGUSR1)  # before train.py has even parsed its options
+        results = tmp_path / "results"
+        code = _run([*dataset_args, "--results-path", str(results), "--resume", "auto", "--device", "cpu",
+                     "--no-progress", "--no-figures"])
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    assert code == EXIT_PREEMPTED
+    assert (_weights(results, dataset_args) / "resume.pt").is_file()
