@@ -28,16 +28,20 @@ def _heatmap(map01: np.ndarray) -> np.ndarray:
 
 
 def render_panel(
-    image_path: str, gt_mask: np.ndarray, anomaly_map: np.ndarray, score: float, seg_score: float, label: int
+    image_path: str, gt_mask: np.ndarray, anomaly_map: np.ndarray, score: float, seg_score: float, label: int,
+    predicted_mask: np.ndarray | None = None, mask_title: str = "predicted mask",
 ) -> np.ndarray:
-    """(H x W GT mask in {0,1}, H x W normalised map) -> RGB uint8 panel of four titled images."""
+    """(H x W GT mask in {0,1}, H x W normalised map) -> RGB uint8 panel of four titled images.
+    `predicted_mask` (H x W bool; default: the normalised map >= 0.5) is the third panel, under
+    `mask_title` (which says what threshold made it)."""
     height, width = anomaly_map.shape
     image = cv2.resize(read_rgb(image_path), (width, height), interpolation=cv2.INTER_LINEAR)
     overlay = cv2.addWeighted(image, 0.5, _heatmap(anomaly_map), 0.5, 0)
+    predicted = anomaly_map >= PREDICTED_MASK_THRESHOLD if predicted_mask is None else predicted_mask
     panels = [
         _titled(image, "image"),
         _titled(_gray_to_rgb(gt_mask), "GT: " + ("anomalous" if label else "normal")),
-        _titled(_gray_to_rgb((anomaly_map >= PREDICTED_MASK_THRESHOLD).astype(np.float32)), "predicted mask"),
+        _titled(_gray_to_rgb(predicted.astype(np.float32)), mask_title),
         _titled(overlay, f"score {score:.3f} seg {seg_score:.3f}"),
     ]
     return np.hstack(panels)

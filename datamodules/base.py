@@ -6,7 +6,7 @@ turns samples into batches of `image`, `mask`, `label`, `image_path`, `mask_path
 "Data pipeline" and "Journal version").
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,19 @@ class DatasetSplit:
     def train_weak(self) -> list[Sample]:
         """Anomalous training samples known by their image label only."""
         return [s for s in self.train if s.label == ANOMALOUS and not s.is_segmented]
+
+    def hold_out_normals(self, fraction: float, seed: int) -> tuple["DatasetSplit", list[Sample]]:
+        """(this split without a seeded `fraction` of its normal training images, those images):
+        normal images held back from training to calibrate thresholds on. At least one normal
+        image stays in training; the draw uses its own generator, not the global ones."""
+        normals = [i for i, s in enumerate(self.train) if s.label == NORMAL]
+        count = min(int(round(len(normals) * fraction)), len(normals) - 1)
+        if count <= 0:
+            return self, []
+        chosen = set(np.random.default_rng(seed).choice(normals, size=count, replace=False).tolist())
+        kept = [s for i, s in enumerate(self.train) if i not in chosen]
+        held = [self.train[i] for i in sorted(chosen)]
+        return replace(self, train=kept), held
 
     def check_not_empty(self, root: Any) -> None:
         if not self.train:

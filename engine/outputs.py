@@ -106,16 +106,28 @@ def write_scores_json(path: Path, predictions: Predictions, backbone_weights: st
     write_json_atomic(path, {"version": version, "backbone_weights": backbone_weights, "scores": grouped})
 
 
-def write_figures(directory: Path, predictions: Predictions, progress: bool = True) -> None:
-    """One PNG per test image under `<directory>/<type>/<Normal|Anomalous>/<stem>.png`."""
+def write_figures(
+    directory: Path, predictions: Predictions, progress: bool = True, pixel_threshold: float | None = None,
+    maps_are_probabilities: bool = False,
+) -> None:
+    """One PNG per test image under `<directory>/<type>/<Normal|Anomalous>/<stem>.png`. The
+    predicted-mask panel uses the calibrated `pixel_threshold` on sigmoid probabilities when there
+    is one (model.yaml), else 0.5 on the min-max normalised map; its title says which."""
     maps = min_max_normalize(predictions.anomaly_maps)
     maps = np.nan_to_num(maps, nan=0.0)
     score, seg_score = normalized_scores(predictions.anomaly_maps, predictions.scores)
-    items = zip(predictions.image_paths, predictions.gt_masks, maps, score, seg_score, predictions.labels)
-    for image_path, gt_mask, anomaly_map, s, seg, label in tqdm(
+    if pixel_threshold is None:
+        masks = [None] * len(maps)
+        title = "mask: min-max map >= 0.5"
+    else:
+        probabilities = predictions.anomaly_maps if maps_are_probabilities else 1 / (1 + np.exp(-predictions.anomaly_maps))
+        masks = list(probabilities > pixel_threshold)
+        title = f"mask: calibrated p > {pixel_threshold:.3f}"
+    items = zip(predictions.image_paths, predictions.gt_masks, maps, score, seg_score, predictions.labels, masks)
+    for image_path, gt_mask, anomaly_map, s, seg, label, mask in tqdm(
         items, total=len(predictions.labels), desc="figures", leave=False, disable=not progress
     ):
         image_path = Path(image_path)
         kind = "Anomalous" if label == 1 else "Normal"
-        panel = render_panel(str(image_path), gt_mask, anomaly_map, float(s), float(seg), int(label))
+        panel = render_panel(str(image_path), gt_mask, anomaly_map, float(s), float(seg), int(label), mask, title)
         save_panel(Path(directory) / image_path.parent.name / kind / f"{image_path.stem}.png", panel)
