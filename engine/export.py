@@ -30,10 +30,9 @@ from torch import Tensor, nn
 from common.errors import UserError
 from common.fileio import atomic_path, write_json_atomic
 from common.image_io import IMAGENET_MEAN, IMAGENET_STD
-from engine.predict import (
-    UNCALIBRATED_THRESHOLD, LoadedCheckpoint, OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, Thresholds,
-    load_checkpoint, sidecar_path,
-)
+from engine.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, sidecar_path
+from engine.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
+from engine.checkpoints import LoadedCheckpoint, load_checkpoint
 from model.fast_inference import FastSuperSimpleNet, build_fast_model
 from model.supersimplenet import SuperSimpleNet
 

@@ -26,10 +26,10 @@ import torch  # noqa: E402
 from common.config import default_config  # noqa: E402
 from engine.export import export_model  # noqa: E402
 from engine.fit import seed_everything  # noqa: E402
-from engine.predict import (  # noqa: E402
-    LoadedCheckpoint, OnnxRuntimeBackend, Thresholds, TorchBackend, find_images, load_checkpoint, predict_images,
-    sidecar_path,
-)
+from engine.backends import OnnxRuntimeBackend, TorchBackend, sidecar_path  # noqa: E402
+from engine.calibrate import Thresholds  # noqa: E402
+from engine.checkpoints import LoadedCheckpoint, load_checkpoint  # noqa: E402
+from engine.predict import find_images, predict_images  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
         ]
         if not args.no_onnx:
             try:
-                import onnxruntime  # noqa: F401
+                __import__("onnxruntime")  # ImportError when the optional package is absent
 
                 onnx_file = scratch / "model.onnx"
                 export_model(loaded, "onnx", "fp32", dynamic_batch=True, output=onnx_file, check=False)

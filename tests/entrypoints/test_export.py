@@ -16,7 +16,8 @@ import torch
 from common.config import default_config
 from common.image_io import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor_array
 from engine.export import default_output, export_model
-from engine.predict import LoadedCheckpoint, OnnxRuntimeBackend, OpenVinoBackend, sidecar_path
+from engine.backends import OnnxRuntimeBackend, OpenVinoBackend, sidecar_path
+from engine.checkpoints import LoadedCheckpoint
 from tests.model.random_models import images, make_model
 
 REPO = Path(__file__).resolve().parents[2]

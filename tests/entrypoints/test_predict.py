@@ -19,10 +19,9 @@ from common.config import build_config
 from common.image_io import image_to_tensor_array
 from engine.fit import seed_everything
 from engine.model_card import make_card
-from engine.predict import (
-    Thresholds, heatmap_rgb, load_checkpoint, overlay_layout, render_overlay,
-    store_thresholds_in_card,
-)
+from engine.calibrate import Thresholds, store_thresholds_in_card
+from engine.checkpoints import load_checkpoint
+from engine.overlay import heatmap_rgb, overlay_layout, render_overlay
 from model.checkpoint import read_model_card, write_model_card
 from model.supersimplenet import SuperSimpleNet
 
