@@ -63,7 +63,8 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
         if not weights.is_file():
             raise missing_checkpoint(layout, unit.name, version, ratio)
         # what training recorded beside the weights (image size, backbone, seed, ...) wins over defaults
-        config = apply_card(dataset_config, read_model_card(weights), chosen, weights, args.version_chosen)
+        card = read_model_card(weights)
+        config = apply_card(dataset_config, card, chosen, weights, args.version_chosen)
         split = dataset_units(dataset, config, args.datasets_folder, [unit.name])[0].load()
         seed_everything(config["seed"])
         model = SuperSimpleNet.from_config(split.image_size, config)
@@ -83,7 +84,9 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
         if args.save_scores:
             write_scores_json(layout.scores_path(unit.name), predictions, tag, version)
         if args.save_images:
-            write_figures(layout.figures_dir(unit.name), predictions, progress=not args.no_progress)
+            thresholds = (card or {}).get("thresholds") or {}
+            write_figures(layout.figures_dir(unit.name), predictions, progress=not args.no_progress,
+                          pixel_threshold=thresholds.get("pixel"), maps_are_probabilities=version == "jims")
         writer.add(unit.report_category, values, run_id=run_id, backbone_weights=tag, version=version,
                    **unit.row_extra)
         writer.save(layout.results_dir())

@@ -14,6 +14,7 @@ from common.loss import downsample_mask, downsample_weights, supersimplenet_loss
 from datamodules.base import DatasetSplit, MaskProcessing
 from datamodules.sampling import make_train_loader
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
+from engine.calibrate import calibrate_on_normal_images
 from engine.model_card import make_card
 from engine.resume import StopRequest, load_resume, resume_path, save_resume
 from engine.outputs import TrainLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
@@ -115,6 +116,9 @@ def fit_unit(
     `resume.pt` is written; it is removed by the caller once the unit's results are saved."""
     journal = config["version"] == "jims"
     checkpoint_dir = layout.checkpoint_dir(split.category)
+    split, calibration_images = split.hold_out_normals(config["calibration_split"], config["seed"])
+    if calibration_images:
+        print(f"  {len(calibration_images)} normal training images held back to calibrate thresholds")
     seed_everything(config["seed"])
     model = SuperSimpleNet.from_config(split.image_size, config).to(device)
     print(f"  backbone: {backbone_description(model)}; features {model.fh}x{model.fw}")
@@ -159,14 +163,21 @@ def fit_unit(
 
     tag = backbone_weights_tag(model)
     checkpoint = model.save_model(checkpoint_dir)
-    write_model_card(checkpoint_dir, make_card(config, model, layout.dataset, split.category, tag))
+    card = make_card(config, model, layout.dataset, split.category, tag)
+    if calibration_images:
+        card["thresholds"] = calibrate_on_normal_images(
+            model, [s.image_path for s in calibration_images], split.image_size, device, journal=journal)
+        print(f"  calibrated thresholds: image {card['thresholds']['image']:.4f}, "
+              f"pixel {card['thresholds']['pixel']:.4f}")
+    write_model_card(checkpoint_dir, card)
     print(f"  checkpoint: {checkpoint} (+ model.yaml)")
     predictions = predict(model, evaluation_loader, device, progress, journal)
     check_finite(predictions, f"the model trained on {split.name}/{split.category}")
     values, notes = evaluate(predictions, split)
     write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"])
     if save_figures:
-        write_figures(layout.figures_dir(split.category), predictions, progress=progress)
+        write_figures(layout.figures_dir(split.category), predictions, progress=progress,
+                      pixel_threshold=card["thresholds"].get("pixel"), maps_are_probabilities=journal)
     return values, notes, tag
 
 

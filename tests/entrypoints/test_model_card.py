@@ -91,3 +91,34 @@ def test_apply_card_takes_the_card_and_refuses_a_chosen_version(tmp_path):
     with pytest.raises(UserError, match="--version jims contradicts"):
         apply_card(config, card, {}, tmp_path / "weights.pt", version_chosen=True)
     assert apply_card(config, None, {"seed": 1}, tmp_path / "weights.pt") is config  # a published checkpoint
+
+
+def test_calibration_split_holds_back_normals_and_stores_thresholds(tmp_path):
+    datasets = make_mvtec_tree(tmp_path / "datasets")
+    printed = _quiet(train_cli.main, [
+        "folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"),
+        "--results-path", str(tmp_path / "results"), "--device", "cpu", "--no-progress",
+        *_sets([*TRAINING, "calibration_split=0.4"])])
+    # 5 good training images: 2 held back, 3 trained on
+    assert "2 normal training images held back to calibrate thresholds" in printed
+    card = yaml.safe_load((tmp_path / "results/superSimpleNet/checkpoints/folder/widget/1/model.yaml").read_text())
+    thresholds = card["thresholds"]
+    assert thresholds["count"] == 2 and thresholds["method"] == "fpr"
+    assert 0.0 < thresholds["image"] < 1.0 and 0.0 < thresholds["pixel"] < 1.0
+    figures = sorted((tmp_path / "results/superSimpleNet/visual/folder/widget/1").rglob("*.png"))
+    assert len(figures) == 6  # the figures were drawn with the calibrated pixel threshold
+
+
+def test_hold_out_normals_is_seeded_and_keeps_one_for_training():
+    from datamodules.base import DatasetSplit, Sample
+
+    train = [Sample(f"g{i}.png", "", 0) for i in range(10)] + [Sample("d.png", "d_mask.png", 1)]
+    split = DatasetSplit("folder", "x", train, [], (64, 64))
+    kept, held = split.hold_out_normals(0.3, seed=42)
+    assert len(held) == 3 and len(kept.train) == 8 and all(s.label == 0 for s in held)
+    assert {s.image_path for s in held}.isdisjoint(s.image_path for s in kept.train)
+    assert split.hold_out_normals(0.3, seed=42)[1] == held  # seeded
+    assert split.hold_out_normals(0.3, seed=7)[1] != held
+    assert split.hold_out_normals(0.0, seed=42) == (split, [])
+    single = DatasetSplit("folder", "x", train[:1], [], (64, 64))
+    assert single.hold_out_normals(0.5, seed=1)[1] == []  # the only normal image stays in training
