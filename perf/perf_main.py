@@ -36,6 +36,8 @@ from common.device import resolve_device  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
 from model.fast_inference import Outputs, build_fast_model  # noqa: E402
+from engine.model_card import apply_card  # noqa: E402
+from model.checkpoint import read_model_card  # noqa: E402
 from perf.report import PATH_NAMES, device_name, format_value, paper_means, print_table, write_results  # noqa: E402
 
 # the paper's protocol on a GPU; a CPU is about 100x slower, so it gets a short look by default
@@ -158,8 +160,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"timed repetitions, after as many warm-up ones ({GPU_REPS} on CUDA, {CPU_REPS} on CPU)")
     parser.add_argument("--cycles", type=int, default=None,
                         help=f"cycles; the first is dropped ({GPU_CYCLES} on CUDA, {CPU_CYCLES} on CPU)")
-    parser.add_argument("--version", choices=VERSIONS, default=DEFAULT_VERSION,
-                        help="model version (jims: classification branch on raw features; icpr) and paper table")
+    parser.add_argument("--version", choices=VERSIONS, default=None,
+                        help="model version (jims, the default: classification branch on raw features; icpr) and "
+                             "paper table; a --weights with model.yaml sets it")
     parser.add_argument("--path", choices=["both", *PATH_NAMES], default="both", help="which inference path to time")
     parser.add_argument("--check", action="store_true",
                         help="first compare the fast path's maps and scores to the fp32 eager model")
@@ -194,11 +197,17 @@ def validate(args: argparse.Namespace) -> None:
 
 def build_master_model(args: argparse.Namespace) -> tuple[SuperSimpleNet, str]:
     """The float32 eval model on the CPU every path is derived from, and a line naming its weights."""
-    config = default_config("mvtec", args.version)
+    config = default_config("mvtec", args.version or DEFAULT_VERSION)
     config["pretrained"] = args.weights is not None
+    chosen = {}
     if args.backbone is not None:
-        config["backbone"] = args.backbone
-    image_size = tuple(args.image_size) if args.image_size else tuple(config["image_size"])
+        chosen["backbone"] = config["backbone"] = args.backbone
+    if args.image_size:
+        chosen["image_size"] = config["image_size"] = list(args.image_size)
+    if args.weights is not None:
+        # a checkpoint we trained says how it was built (version, backbone, size); options may not contradict it
+        config = apply_card(config, read_model_card(args.weights), chosen, args.weights, args.version is not None)
+    image_size = tuple(config["image_size"])
     # the published perf model: stop_grad False (irrelevant at inference)
     config["stop_grad"] = False
     torch.manual_seed(0)  # the same random weights in every run
@@ -288,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.benchmark = False
 
     master, weights_line = build_master_model(args)
+    master_version = "icpr" if master.adapt_cls_features else "jims"
     print_setup(master, weights_line, device, precision, cuda_graphs, args)
     builders = {
         "reference": lambda: reference_path(master, device, dtype),
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
 
     write_results(results, args.gpu_model, args.output_dir)
     print(f"\nmeans over {args.cycles - 1} kept cycles on {device} ({device_name(device)}), {precision}:")
-    print_table(results, paper_means(args.version))
+    print_table(results, paper_means(master_version))
     print("GFLOPs: torch.profiler's count, as the paper's; it skips convolutions with padding='same', "
           "so the reference's dec_head 5x5 conv (~40 GFLOPs at 256x256) is not in its figure")
 

@@ -134,3 +134,29 @@ def test_train_step_with_bf16_autocast_stays_close(tiny_config):
     assert abs(losses[0] - losses[1]) < 5e-2 * abs(losses[0])
     # the step really updated the trainable weights
     assert not torch.equal(initial_weight, ours.model.feature_adaptor.projection.weight)
+
+
+def test_weights_with_model_yaml_need_no_model_options(tmp_path):
+    """perf_main reads model.yaml beside --weights: the trained backbone and size, no options repeated."""
+    import contextlib
+    import io
+
+    import train as train_cli
+    from tests.entrypoints.test_train_eval import _sets, make_mvtec_tree
+
+    datasets = make_mvtec_tree(tmp_path / "datasets")
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_cli.main(["folder", "--category", "widget", "--datasets-folder", str(datasets / "mvtec"),
+                        "--results-path", str(tmp_path / "results"), "--device", "cpu", "--no-progress",
+                        "--no-figures", *_sets(["backbone=resnet18", "pretrained=false", "image_size=[48,40]",
+                                                "epochs=1", "batch=4", "num_workers=0"])])
+    weights = tmp_path / "results/superSimpleNet/checkpoints/folder/widget/1/weights.pt"
+    command = [sys.executable, "perf/perf_main.py", "tiny", "--device", "cpu", "--reps", "1", "--cycles", "2",
+               "--path", "fast", "--weights", str(weights), "--output-dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resnet18" in result.stdout and "image 48x40" in result.stdout
+    contradicting = subprocess.run([*command, "--backbone", "resnet34"], cwd=REPO_ROOT, capture_output=True,
+                                   text=True, timeout=300)
+    assert contradicting.returncode == 2 and "model.yaml" in contradicting.stderr
