@@ -8,6 +8,8 @@ those a killed earlier run left behind.
 """
 
 import contextlib
+import fcntl
+import hashlib
 import csv
 import json
 import os
@@ -160,3 +162,26 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[
             writer = csv.writer(handle, delimiter=delimiter)
             writer.writerow(header)
             writer.writerows(rows)
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks so multi-GB archives need no memory."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def locked_folder(directory: Path) -> Iterator[None]:
+    """An exclusive lock on `directory` (flock on the folder itself: no lock file is left behind),
+    so that processes merging into files of one folder at once never lose each other's work."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)

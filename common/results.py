@@ -4,18 +4,15 @@ and the printed table with the paper's figure beside each of ours (docs/method.m
 The papers' figures live in `paper_results/<version>/results_avg_std.json`: the ICPR file is
 keyed {avg|std: {dataset: ...}}, the journal one {regime: {ratio: {avg|std: {dataset: ...}}}}."""
 
-import contextlib
 import csv
-import fcntl
 import json
-import os
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from common.errors import UserError
-from common.fileio import write_csv_atomic, write_json_atomic
+from common.fileio import locked_folder, write_csv_atomic, write_json_atomic
 
 PAPER_RESULTS_DIR = Path(__file__).resolve().parent.parent / "paper_results"
 PAPER_RESULTS_NAME = "results_avg_std.json"
@@ -34,19 +31,6 @@ def _mean(values: list[float | None]) -> float | None:
 
 # Columns that, with `category`, tell which unit a row belongs to (SensumSODF: one row per fold).
 KEY_COLUMNS = ("category", "fold", "run_id")
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive lock on `directory` (flock on the folder itself: no lock file is left behind),
-    so that units writing into the same results folder at once never lose each other's rows."""
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        os.close(handle)
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -87,7 +71,7 @@ class ResultsWriter:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         header = self.header
-        with _locked(directory):
+        with locked_folder(directory):
             _, existing = _read_rows(directory / "last.csv")
             ours = [self._as_text(row) for row in self.rows]
 

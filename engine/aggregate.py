@@ -9,15 +9,12 @@ units of the manifest for the summary, and rewrites the run's files with every r
 Torch-free: the aggregation job needs no GPU and starts in a second.
 """
 
-import contextlib
-import fcntl
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from common.fileio import write_json_atomic
+from common.fileio import locked_folder, write_json_atomic
 from common.metrics import METRIC_NAMES
 from common.results import (ResultsWriter, comparison_table, read_last_csv, summarize_runs,
                             write_summary_json)
@@ -49,19 +46,6 @@ def unit_state(manifest: Manifest, unit: ManifestUnit, log_pattern: str = "") ->
         what = "no row in last.csv" if weights.is_file() else "no weights.pt"
         return UnitState(unit, "failed", f"exited 0 but {what}{log}")
     return UnitState(unit, "missing", f"never finished (not run, cancelled, killed or out of time){log}")
-
-
-@contextlib.contextmanager
-def _folder_lock(directory: Path) -> Iterator[None]:
-    """flock on the folder itself, so two aggregations writing one summary file keep both datasets."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        os.close(handle)
 
 
 def merge_run_files(results_dir: Path) -> None:
@@ -103,7 +87,7 @@ def merge_summary(path: Path, summaries: dict[str, dict], ratios: dict[str, str]
     """Write `summaries` ({dataset: {avg, std}}) into `path` in the official layout, keeping the
     datasets (and ratios) already there; a dataset summarised without std drops its old std."""
     path = Path(path)
-    with _folder_lock(path.parent):
+    with locked_folder(path.parent):
         write_summary_json(path.with_name(path.name + ".new"), summaries, ratios)
         fresh = json.loads(path.with_name(path.name + ".new").read_text(encoding="utf-8"))
         path.with_name(path.name + ".new").unlink()

@@ -16,7 +16,6 @@ Everything is traced on the CPU.
 """
 
 import argparse
-import hashlib
 import tempfile
 import time
 import warnings
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import UserError
-from common.fileio import atomic_path, write_json_atomic
+from common.fileio import atomic_path, file_digest, write_json_atomic
 from common.image_io import IMAGENET_MEAN, IMAGENET_STD
 from engine.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, sidecar_path
 from engine.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
@@ -129,14 +128,6 @@ def export_torchscript(module: nn.Module, example: Tensor, path: Path) -> None:
             traced.save(str(tmp))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def make_sidecar(loaded: LoadedCheckpoint, export_format: str, precision: str, dynamic_batch: bool,
                  model_file: Path) -> dict[str, Any]:
     """What a deployment needs to feed the exported model and read its outputs."""
@@ -184,7 +175,7 @@ def make_sidecar(loaded: LoadedCheckpoint, export_format: str, precision: str, d
                   ("version", "dataset", "unit", "backbone", "layers", "patch_size", "adapt_cls_features", "seed")}
                  | {"image_size": [height, width], "backbone_weights": card.get(
                      "backbone_weights", "imagenet" if loaded.model.uses_pretrained_backbone else "random")},
-        "source": {"weights": str(loaded.weights), "weights_sha256": _sha256(loaded.weights),
+        "source": {"weights": str(loaded.weights), "weights_sha256": file_digest(loaded.weights),
                    "exported_with": f"torch {torch.__version__}"},
     }
 

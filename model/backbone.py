@@ -12,7 +12,6 @@ place once it has loaded, so an interrupted or truncated download never sits und
 name.
 """
 
-import hashlib
 import os
 import pickle
 import socket
@@ -27,6 +26,7 @@ import torchvision
 from torch import nn
 
 from common.errors import UserError
+from common.fileio import file_digest
 
 # ResNet-family stages in execution order; the extractor keeps the stem and the stages it needs.
 RESNET_STAGES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
@@ -78,19 +78,11 @@ def _expected_hash_prefix(path: Path) -> str:
     return path.stem.rsplit("-", 1)[-1].lower()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _warn_on_hash_mismatch(path: Path, shown_as: Path) -> None:
     """One `warning:` line on stderr when the file's SHA-256 lacks the prefix its name promises."""
     expected = _expected_hash_prefix(shown_as)
     try:
-        actual = _sha256(path)
+        actual = file_digest(path)
     except OSError:
         return  # unreadable: loading it reports the problem
     if not actual.startswith(expected):

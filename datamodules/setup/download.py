@@ -11,7 +11,6 @@ its final name only once it is complete, so a failed run never leaves a half-mad
 import argparse
 import contextlib
 import functools
-import hashlib
 import http.client
 import os
 import re
@@ -25,12 +24,11 @@ from typing import Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from common.errors import UserError, exit_on_user_error
-from common.fileio import make_temporary_dir, process_start_time
+from common.fileio import file_digest, make_temporary_dir, process_start_time
 from datamodules.setup.archives import extract_archive, flatten_message, merge_move
 
 # A cut connection is retried (resuming) only while each attempt adds bytes, and at most this often.
 MAX_ATTEMPTS = 5
-HASH_CHUNK = 1 << 20
 MANUAL_HINT = "download it manually (browser or wget) and pass --archive PATH"
 USER_AGENT = "Mozilla/5.0 (compatible; supersimplenet-dataset-setup)"
 SIBLING_STAGING_MARK = ".staging-"
@@ -45,15 +43,6 @@ class _ConnectionCut(Exception):
     def __init__(self, message: str, restart: bool = False):
         super().__init__(message)
         self.restart = restart
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in chunks so multi-GB archives need no memory."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checksum_mismatch(path: Path, sha256: str | None = None, md5: str | None = None) -> str | None:
