@@ -14,6 +14,11 @@ Two layouts are accepted:
 A test defect without a mask is scored against an all-zero mask, which would make every
 pixel metric wrong, so then `info["pixel_metrics"]` is False and only image metrics count.
 Images keep their aspect: they are resized to `image_size`, never cropped.
+
+Masks are read with the "nonzero" rule (common/image_io.py): any non-zero pixel is defect, so
+0/1 masks, 16-bit masks and coloured masks from labelling tools all count (the published
+datasets keep the published mask / 255). The summary says how the masks are stored and lists
+every defect whose mask is empty.
 """
 
 import math
@@ -25,7 +30,7 @@ import cv2
 import numpy as np
 
 from common.errors import UserError
-from common.image_io import is_image_file, list_images
+from common.image_io import NONZERO_MASK_RULE, defect_pixels, is_image_file, list_images, mask_storage, read_raw_mask
 from datamodules.base import ANOMALOUS, NORMAL, DatasetSplit, Sample
 
 FOLDER_SPLIT_SEED = 42
@@ -33,6 +38,13 @@ GOOD_TEST_FRACTION = 0.2
 MASKED_DEFECT_TEST_FRACTION = 0.5
 MVTEC_LAYOUT, SIMPLE_LAYOUT = "mvtec", "simple"
 MAX_PROBLEMS_IN_ERROR = 3
+
+
+@dataclass(frozen=True)
+class FolderSample(Sample):
+    """A sample of the user's own folder: its mask is read with the "nonzero" rule."""
+
+    mask_rule: str = NONZERO_MASK_RULE
 
 
 @dataclass
@@ -76,7 +88,7 @@ def _held_out(count: int, fraction: float, keep_for_train: int) -> set[int]:
 
 def _list_mvtec(base: Path) -> FolderListing:
     listing = FolderListing(MVTEC_LAYOUT, [], [])
-    listing.train = [Sample(str(p), "", NORMAL) for p in list_images(base / "train" / "good")]
+    listing.train = [FolderSample(str(p), "", NORMAL) for p in list_images(base / "train" / "good")]
     listing.ignored_files = [str(p) for p in _ignored_files(base / "train" / "good")]
     type_dirs = sorted(p for p in (base / "test").iterdir() if p.is_dir()) if (base / "test").is_dir() else []
     for type_dir in type_dirs:
@@ -84,12 +96,12 @@ def _list_mvtec(base: Path) -> FolderListing:
         masks = _masks_by_stem(base / "ground_truth" / type_dir.name)
         for image in list_images(type_dir):
             if type_dir.name == "good":
-                listing.test.append(Sample(str(image), "", NORMAL))
+                listing.test.append(FolderSample(str(image), "", NORMAL))
                 continue
             mask = _find_mask(masks, image, ("_mask", ""))
             if mask is None:
                 listing.defects_without_mask.append(str(image))
-            listing.test.append(Sample(str(image), str(mask) if mask else "", ANOMALOUS))
+            listing.test.append(FolderSample(str(image), str(mask) if mask else "", ANOMALOUS))
     return listing
 
 
@@ -98,7 +110,7 @@ def _list_simple(base: Path, weak_labels: bool) -> FolderListing:
     goods = list_images(base / "good")
     held_out_goods = _held_out(len(goods), GOOD_TEST_FRACTION, keep_for_train=1)
     for position, image in enumerate(goods):
-        (listing.test if position in held_out_goods else listing.train).append(Sample(str(image), "", NORMAL))
+        (listing.test if position in held_out_goods else listing.train).append(FolderSample(str(image), "", NORMAL))
 
     masks = _masks_by_stem(base / "masks")
     masked: list[tuple[Path, Path]] = []
@@ -110,14 +122,15 @@ def _list_simple(base: Path, weak_labels: bool) -> FolderListing:
             masked.append((image, mask))
     held_out_defects = _held_out(len(masked), MASKED_DEFECT_TEST_FRACTION, keep_for_train=0)
     for position, (image, mask) in enumerate(masked):
-        (listing.test if position in held_out_defects else listing.train).append(Sample(str(image), str(mask), ANOMALOUS))
+        target = listing.test if position in held_out_defects else listing.train
+        target.append(FolderSample(str(image), str(mask), ANOMALOUS))
     unmasked = listing.defects_without_mask
     held_out_unmasked = _held_out(len(unmasked), MASKED_DEFECT_TEST_FRACTION, 0) if weak_labels else set(range(len(unmasked)))
     for position, path in enumerate(unmasked):
         if position in held_out_unmasked:
-            listing.test.append(Sample(path, "", ANOMALOUS))
+            listing.test.append(FolderSample(path, "", ANOMALOUS))
         else:
-            listing.train.append(Sample(path, "", ANOMALOUS, is_segmented=False))
+            listing.train.append(FolderSample(path, "", ANOMALOUS, is_segmented=False))
     listing.defects_without_mask = [unmasked[k] for k in sorted(held_out_unmasked)]
     listing.ignored_files = [str(p) for name in ("good", "defect", "masks") for p in _ignored_files(base / name)]
     return listing
@@ -166,32 +179,50 @@ def load_folder(
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
-    """(height, width) of a readable image file, None when it cannot be decoded."""
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    return None if image is None else image.shape[:2]
+    """(height, width) of a readable image file as training reads it, None when it cannot be decoded."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    return None if image is None or image.size == 0 else image.shape[:2]
 
 
-def _check_files(samples: list[Sample], base: Path) -> tuple[list[str], Counter]:
-    """Decode every image and mask: (problems that stop training, counts of image sizes)."""
-    problems: list[str] = []
-    sizes: Counter = Counter()
+@dataclass
+class FileCheck:
+    """What decoding every file of a folder found: problems that stop training, image sizes,
+    how the masks are stored, and the defects whose mask has no defect pixel."""
+
+    problems: list[str] = field(default_factory=list)
+    sizes: Counter = field(default_factory=Counter)
+    mask_storage: Counter = field(default_factory=Counter)
+    empty_masks: list[tuple[str, str]] = field(default_factory=list)  # (mask, image), relative to the folder
+
+
+def _check_files(samples: list[Sample], base: Path) -> FileCheck:
+    """Decode every image and mask (masks with the "nonzero" rule, as training reads them)."""
+    check = FileCheck()
     for sample in samples:
+        image_name = Path(sample.image_path).relative_to(base)
         image_size = _image_size(sample.image_path)
         if image_size is None:
-            problems.append(f"unreadable image {Path(sample.image_path).relative_to(base)}")
+            check.problems.append(f"unreadable image {image_name}")
             continue
-        sizes[image_size] += 1
+        check.sizes[image_size] += 1
         if not sample.mask_path:
             continue
-        mask_size = _image_size(sample.mask_path)
         mask_name = Path(sample.mask_path).relative_to(base)
-        if mask_size is None:
-            problems.append(f"unreadable mask {mask_name}")
-        elif mask_size != image_size:
-            problems.append(
+        try:
+            raw = read_raw_mask(sample.mask_path)
+        except UserError:
+            check.problems.append(f"unreadable mask {mask_name}")
+            continue
+        mask_size = raw.shape[:2]
+        if mask_size != image_size:
+            check.problems.append(
                 f"mask {mask_name} is {mask_size[1]}x{mask_size[0]} but its image is {image_size[1]}x{image_size[0]}"
             )
-    return problems, sizes
+            continue
+        check.mask_storage[mask_storage(raw)] += 1
+        if not defect_pixels(raw).any():
+            check.empty_masks.append((str(mask_name), str(image_name)))
+    return check
 
 
 def _count_row(split_name: str, kind: str, samples: list[Sample], label: int) -> str:
@@ -215,11 +246,13 @@ def training_regime(train: list[Sample]) -> str:
 
 def validate_folder(root: Path, category: str, weak_labels: bool = False) -> str:
     """Check `root/category` and return a printable summary: counts per split and kind, image
-    sizes, defects without masks and ignored files. Raises UserError when it cannot be trained
-    on: no good images, or an unreadable image or mask, or a mask whose size differs from its image."""
+    sizes, defects without masks, how the masks are stored, empty masks and ignored files.
+    Raises UserError when it cannot be trained on: no good images, or an unreadable image or
+    mask, or a mask whose size differs from its image."""
     base = Path(root) / category
     listing = list_folder(root, category, weak_labels)
-    problems, sizes = _check_files(listing.train + listing.test, base)
+    check = _check_files(listing.train + listing.test, base)
+    problems, sizes = check.problems, check.sizes
     if problems:
         shown = "; ".join(problems[:MAX_PROBLEMS_IN_ERROR])
         more = f" (+{len(problems) - MAX_PROBLEMS_IN_ERROR} more)" if len(problems) > MAX_PROBLEMS_IN_ERROR else ""
@@ -240,6 +273,13 @@ def validate_folder(root: Path, category: str, weak_labels: bool = False) -> str
         lines += [f"  no mask: {Path(p).relative_to(base)}" for p in listing.defects_without_mask]
     else:
         lines.append("pixel metrics: on")
+    if check.mask_storage:
+        stored = ", ".join(f"{kind} ({count})" for kind, count in sorted(check.mask_storage.items()))
+        lines.append(f"masks: any non-zero pixel is defect; stored as {stored}")
+    if check.empty_masks:
+        lines.append(f"warning: {len(check.empty_masks)} defect mask(s) are empty (no non-zero pixel): "
+                     "every pixel of these defects counts as defect-free; fix the masks or remove them")
+        lines += [f"  empty mask: {mask} (of {image})" for mask, image in check.empty_masks]
     if not any(s.label == NORMAL for s in listing.test) or not any(s.label == ANOMALOUS for s in listing.test):
         lines.append("warning: the test set needs both good and defect images for detection metrics")
     lines += [f"  ignored (not an image): {Path(p).relative_to(base)}" for p in listing.ignored_files]

@@ -1,11 +1,20 @@
-"""Image and mask reading and preprocessing (SPEC §3), against hand computations with OpenCV."""
+"""Image and mask reading and preprocessing (docs/method.md, "Data pipeline"), against hand computations with OpenCV."""
 
 import cv2
 import numpy as np
 import pytest
 
 from common.errors import UserError
-from common.image_io import image_to_tensor_array, mask_to_array, read_mask, read_rgb, read_sample
+from common.image_io import (
+    defect_pixels,
+    image_to_tensor_array,
+    mask_storage,
+    mask_to_array,
+    read_mask,
+    read_raw_mask,
+    read_rgb,
+    read_sample,
+)
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -137,3 +146,98 @@ def test_read_sample_missing_mask_for_anomalous(tmp_path):
     image_path = write_rgb_png(tmp_path / "img.png", np.zeros((6, 8, 3), dtype=np.uint8))
     with pytest.raises(UserError, match="nomask.png"):
         read_sample(image_path, tmp_path / "nomask.png", 1)
+
+
+# --- mask rules: "published" (mask / 255) and "nonzero" (the user's own folders) ----------------
+
+DEFECT = (slice(1, 3), slice(2, 5))  # rows 1-2, columns 2-4 of a 4 x 6 mask
+
+
+def expected_defect() -> np.ndarray:
+    expected = np.zeros((4, 6), dtype=np.float32)
+    expected[DEFECT] = 1.0
+    return expected
+
+
+def write_stored_mask(path, dtype, value, channels: int = 0):
+    """A 4 x 6 mask with `value` (a number or a BGR(A) tuple) on DEFECT and zeros elsewhere."""
+    shape = (4, 6, channels) if channels else (4, 6)
+    stored = np.zeros(shape, dtype=dtype)
+    stored[DEFECT] = value
+    assert cv2.imwrite(str(path), stored)
+    return path
+
+
+@pytest.mark.parametrize("dtype, value, channels, storage", [
+    (np.uint8, 255, 0, "0/255"),
+    (np.uint8, 1, 0, "0/1"),
+    (np.uint8, 7, 0, "8-bit grey levels"),
+    (np.uint16, 1, 0, "16-bit"),
+    (np.uint16, 65535, 0, "16-bit"),
+    (np.uint8, (0, 0, 200), 3, "colour"),  # a red defect (BGR)
+    (np.uint8, (0, 1, 0), 3, "colour"),
+    (np.uint8, (0, 200, 0, 255), 4, "colour with alpha"),
+])
+def test_nonzero_rule_reads_every_storage_as_the_same_defect(tmp_path, dtype, value, channels, storage):
+    path = write_stored_mask(tmp_path / "m.png", dtype, value, channels)
+    mask = read_mask(path, "nonzero")
+    assert mask.dtype == np.float32 and mask.shape == (4, 6)
+    assert np.array_equal(mask, expected_defect())
+    assert mask_storage(read_raw_mask(path)) == storage
+
+
+def test_published_rule_is_unchanged_and_misreads_what_the_nonzero_rule_fixes(tmp_path):
+    # the published datasets keep grayscale / 255 bit for bit
+    gray = np.zeros((4, 6), dtype=np.uint8)
+    gray[DEFECT] = 255
+    gray[0, 0] = 51
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    assert np.array_equal(read_mask(tmp_path / "g.png"), gray.astype(np.float32) / 255.0)
+    assert np.array_equal(read_mask(tmp_path / "g.png", "published"), read_mask(tmp_path / "g.png"))
+    # 0/1 and 16-bit 0/1 masks: nearly or fully empty under the published rule (what the folder rule fixes)
+    ones = write_stored_mask(tmp_path / "ones.png", np.uint8, 1)
+    assert read_mask(ones).max() < 0.5  # every metric thresholds at 0.5: read as "no defect"
+    sixteen = write_stored_mask(tmp_path / "sixteen.png", np.uint16, 1)
+    assert not read_mask(sixteen).any()
+
+
+def test_nonzero_rule_with_alpha(tmp_path):
+    # opaque black background, coloured defect: the background is not defect
+    opaque = np.zeros((4, 6, 4), dtype=np.uint8)
+    opaque[..., 3] = 255
+    opaque[DEFECT] = (0, 0, 255, 255)
+    assert np.array_equal(defect_pixels(opaque), expected_defect() > 0)
+    # a coloured pixel that is fully transparent is background
+    transparent = opaque.copy()
+    transparent[0, 0] = (255, 255, 255, 0)
+    assert np.array_equal(defect_pixels(transparent), expected_defect() > 0)
+    # black strokes on a transparent canvas: the alpha channel is the mask
+    strokes = np.zeros((4, 6, 4), dtype=np.uint8)
+    strokes[DEFECT] = (0, 0, 0, 255)
+    assert np.array_equal(defect_pixels(strokes), expected_defect() > 0)
+    cv2.imwrite(str(tmp_path / "strokes.png"), strokes)
+    assert np.array_equal(read_mask(tmp_path / "strokes.png", "nonzero"), expected_defect())
+
+
+def test_nonzero_rule_on_an_empty_mask_and_unknown_rule(tmp_path):
+    empty = write_stored_mask(tmp_path / "e.png", np.uint8, 0)
+    assert not read_mask(empty, "nonzero").any()
+    assert mask_storage(read_raw_mask(empty)) == "0/255"
+    with pytest.raises(ValueError, match="unknown mask rule"):
+        read_mask(empty, "bogus")
+    for name in ("missing.png", "garbage.png"):
+        if name == "garbage.png":
+            (tmp_path / name).write_bytes(b"\x89PNG but not really")
+        with pytest.raises(UserError, match=name):
+            read_mask(tmp_path / name, "nonzero")
+
+
+def test_read_sample_passes_the_mask_rule(tmp_path):
+    image_path = write_rgb_png(tmp_path / "img.png", np.full((4, 6, 3), 100, dtype=np.uint8))
+    ones = write_stored_mask(tmp_path / "ones.png", np.uint8, 1)
+    _, published = read_sample(image_path, ones, 1)
+    _, nonzero = read_sample(image_path, ones, 1, mask_rule="nonzero")
+    assert np.allclose(published, expected_defect() / 255.0)
+    assert np.array_equal(nonzero, expected_defect())
+    _, normal = read_sample(image_path, ones, 0, mask_rule="nonzero")  # a normal sample's mask stays zero
+    assert not normal.any()
