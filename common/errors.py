@@ -4,6 +4,7 @@ Entry points catch it and print its message as one line, then exit non-zero;
 anything else is a bug and keeps its traceback.
 """
 
+import argparse
 import functools
 import sys
 from typing import Callable
@@ -18,6 +19,13 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error: ...` line and exit code 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
 class Preempted(Exception):
     """A run was asked to stop and saved its state; the message says how to continue."""
 
@@ -27,7 +35,7 @@ def one_line(error: UserError) -> str:
     traceback in its text; the original message is then the last line, after the type name."""
     text = str(error).strip()
     if "Original Traceback" not in text:
-        return text
+        return " ".join(text.splitlines())
     last = text.splitlines()[-1]
     return last.split(f"{UserError.__name__}: ", 1)[-1]
 

@@ -33,6 +33,7 @@ class Sample:
     mask_path: str
     label: int
     is_segmented: bool = True
+    mask_rule: str = "published"  # how its mask file is read (common/image_io.read_mask)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def load_item(
     With `processing` (training only), in this order at the image's own resolution: dilate the
     mask, flip, compute the loss weights from the flipped mask; then everything is resized."""
     mask_path = sample.mask_path if sample.is_segmented else ""
-    image, mask = read_sample(sample.image_path, mask_path, sample.label)
+    image, mask = read_sample(sample.image_path, mask_path, sample.label, mask_rule=sample.mask_rule)
     if processing is not None and processing.dilate and sample.label == ANOMALOUS:
         mask = dilate_mask(mask, processing.dilate)
     image, mask = apply_flip(image, flip), apply_flip(mask, flip)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from common.catalog import DATASET_NAMES
 from common.config import DEFAULT_VERSION, VERSIONS
-from common.errors import UserError
+from common.errors import OneLineArgumentParser, UserError
 
 
 def new_parser(description: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return OneLineArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:

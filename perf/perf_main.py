@@ -33,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 from common.config import DEFAULT_VERSION, VERSIONS, default_config  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
 from common.device import resolve_device  # noqa: E402
-from common.errors import UserError, exit_on_user_error  # noqa: E402
+from common.errors import OneLineArgumentParser, UserError, exit_on_user_error  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
 from model.fast_inference import Outputs, build_fast_model  # noqa: E402
 from engine.model_card import apply_card  # noqa: E402
@@ -149,7 +149,7 @@ def profiler_gflops(path: InferencePath, images: Tensor) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("gpu_model", help="name of the machine, used in perf_<gpu_model>.csv (e.g. v100s, h100, cpu)")

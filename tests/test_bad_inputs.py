@@ -36,16 +36,6 @@ TINY = ["backbone=resnet18", "pretrained=false", "image_size=[64,64]", "epochs=1
 CASE_TIMEOUT_S = 300
 PARALLEL_CASES = 2  # the CI machine has 2 cores
 
-ARGPARSE_ONE_LINE = (
-    "argparse prints its usage block and '<prog>: error: ...' (several lines); fix: a parser whose "
-    "error() prints one 'error: ...' line and exits 2 (see the report)"
-)
-CHECKSUM_WARNING_ON_STDERR = (
-    "a prepare script given an --archive that differs from the published one prints a 'warning: ... differs' "
-    "line and a tqdm extraction bar on stderr before its error (fix in the report)"
-)
-
-
 def sets(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
@@ -380,8 +370,7 @@ CASES = [
     Case("set-without-equals", train("mvtec", "--set", "epochs"), ("expected key=value",)),
     Case("set-broken-yaml-value", train("mvtec", "--set", "image_size=[64,"), ("not valid YAML",)),
     Case("set-image-size-too-small", train("mvtec", "--set", "image_size=[8,8]"), ("image_size", ">= 32")),
-    Case("set-with-a-line-break", train("mvtec", "--set", "epochs\n3"), ("expected key=value",),
-         xfail="the --set text is echoed with its line break, so the message spans two lines (fix in the report)"),
+    Case("set-with-a-line-break", train("mvtec", "--set", "epochs\n3"), ("expected key=value",)),
     Case("set-version-as-setting", train("mvtec", "--set", "version=icpr"), ("--version",)),
     Case("config-broken-yaml", with_setup(write_text("bad.yaml", "epochs: [1\n"), command_with(
         train("mvtec"), "--config", in_case("bad.yaml"))), ("bad.yaml", "not valid YAML")),
@@ -395,9 +384,9 @@ CASES = [
     # --- options (train.py) ---
     Case("run-id-negative", train("mvtec", "--run-id", "-1"), ("--run-id",)),
     Case("run-id-twice", train("mvtec", "--run-id", "1", "1"), ("twice",)),
-    Case("run-id-not-a-number", train("mvtec", "--run-id", "abc"), ("--run-id", "abc"), xfail=ARGPARSE_ONE_LINE),
-    Case("version-unknown", train("mvtec", "--version", "v3"), ("--version", "v3"), xfail=ARGPARSE_ONE_LINE),
-    Case("dataset-unknown", train("imagenet"), ("imagenet",), xfail=ARGPARSE_ONE_LINE),
+    Case("run-id-not-a-number", train("mvtec", "--run-id", "abc"), ("--run-id", "abc")),
+    Case("version-unknown", train("mvtec", "--version", "v3"), ("--version", "v3")),
+    Case("dataset-unknown", train("imagenet"), ("imagenet",)),
     Case("device-cuda-without-cuda", command_with(train("mvtec"), "--device", lambda w, c: "cuda"),
          ("--device cuda", "no CUDA"), needs_no_cuda=True),
     Case("device-unknown", command_with(train("mvtec"), "--device", lambda w, c: "tpu"), ("--device tpu",)),
@@ -448,7 +437,7 @@ CASES = [
     Case("eval-results-path-under-a-file", with_setup(with_file_in_the_way, command_with(
         eval_(), "--results-path", in_case("a_file/sub"))), ("a_file",)),
     Case("eval-batch-zero", eval_("--batch", "0"), ("--batch",)),
-    Case("eval-version-unknown", eval_("--version", "v3"), ("--version", "v3"), xfail=ARGPARSE_ONE_LINE),
+    Case("eval-version-unknown", eval_("--version", "v3"), ("--version", "v3")),
     Case("eval-device-cuda-without-cuda", eval_("--device", "cuda"), ("--device cuda",), needs_no_cuda=True),
     Case("eval-bad-setting", eval_("--set", "gamma=-5"), ("gamma",)),
     # --- perf/perf_main.py ---
@@ -463,27 +452,22 @@ CASES = [
          ("--check",)),
     Case("perf-output-dir-under-a-file", with_setup(with_file_in_the_way, lambda w, c: [
         "perf/perf_main.py", "cpu", "--device", "cpu", "--output-dir", str(c / "a_file" / "sub")]), ("--output-dir",)),
-    Case("perf-precision-unknown", perf("cpu", "--device", "cpu", "--precision", "fp64"), ("fp64",),
-         xfail=ARGPARSE_ONE_LINE),
+    Case("perf-precision-unknown", perf("cpu", "--device", "cpu", "--precision", "fp64"), ("fp64",)),
     # --- dataset preparation scripts ---
     Case("prepare-mvtec-archive-missing", setup_script("prepare_mvtec.py", "--archive", "{case}/absent.tar.xz"),
          ("absent.tar.xz",)),
     Case("prepare-mvtec-archive-garbage", setup_script(
         "prepare_mvtec.py", "--archive", "{case}/garbage.tar.xz",
-        setup=write_text("garbage.tar.xz", b"this is not an xz archive")), ("garbage.tar.xz",),
-        xfail=CHECKSUM_WARNING_ON_STDERR),
+        setup=write_text("garbage.tar.xz", b"this is not an xz archive")), ("garbage.tar.xz",)),
     Case("prepare-mvtec-archive-traversal", setup_script(
         "prepare_mvtec.py", "--archive", "{case}/evil.tar.xz",
-        setup=archive_with({"bottle/train/good/000.png": b"x"}, "evil.tar.xz", traversal=True)), ("evil.tar.xz",),
-        xfail=CHECKSUM_WARNING_ON_STDERR),
+        setup=archive_with({"bottle/train/good/000.png": b"x"}, "evil.tar.xz", traversal=True)), ("evil.tar.xz",)),
     Case("prepare-mvtec-archive-incomplete", setup_script(
         "prepare_mvtec.py", "--archive", "{case}/partial.tar.xz",
-        setup=archive_with({"bottle/train/good/000.png": b"x"}, "partial.tar.xz")), ("lacks the categories",),
-        xfail=CHECKSUM_WARNING_ON_STDERR),
+        setup=archive_with({"bottle/train/good/000.png": b"x"}, "partial.tar.xz")), ("lacks the categories",)),
     Case("prepare-mvtec-archive-unknown-type", setup_script(
         "prepare_mvtec.py", "--archive", "{case}/data.rar", setup=write_text("data.rar", b"Rar!")),
-        ("unknown archive type",),
-        xfail=CHECKSUM_WARNING_ON_STDERR),
+        ("unknown archive type",)),
     Case("prepare-mvtec-datasets-folder-under-a-file", lambda w, c: (with_file_in_the_way(w, c), [
         "datamodules/setup/prepare_mvtec.py", "--datasets-folder", str(c / "a_file" / "sub"),
         "--archive", str(c / "absent.tar.xz")])[1], ("a_file",)),
@@ -496,9 +480,8 @@ CASES = [
          ("nosource",)),
     Case("prepare-visa-archive-zip-traversal", setup_script(
         "prepare_visa.py", "--archive", "{case}/VisA.zip",
-        setup=archive_with({"../escaped.txt": b"outside"}, "VisA.zip")), ("VisA.zip",),
-        xfail=CHECKSUM_WARNING_ON_STDERR),
-    Case("prepare-unknown-option", setup_script("prepare_mvtec.py", "--bogus"), ("--bogus",), xfail=ARGPARSE_ONE_LINE),
+        setup=archive_with({"../escaped.txt": b"outside"}, "VisA.zip")), ("VisA.zip",)),
+    Case("prepare-unknown-option", setup_script("prepare_mvtec.py", "--bogus"), ("--bogus",)),
 ]
 
 
@@ -777,8 +760,6 @@ def test_folder_samples_carry_the_nonzero_rule_and_published_ones_do_not(labelle
     assert getattr(Sample("a.png", "", 0), "mask_rule", "published") == "published"
 
 
-@pytest.mark.xfail(strict=True, reason="datamodules/base.py load_item does not pass the sample's mask rule to "
-                                       "read_sample yet (fix in the report)")
 def test_folder_masks_train_and_test_as_defects_whatever_their_storage(labelled_folder):
     from datamodules.base import load_item
     from datamodules.folder import load_folder

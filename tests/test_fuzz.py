@@ -24,9 +24,9 @@ DATASETS = ("mvtec", "visa", "ksdd2", "sensum", "folder", "demo")
 KNOWN_KEYS = sorted({*SETTINGS, *DATASET_SETTINGS, "version"})
 
 
-# Text that str.splitlines() breaks. A `--set` text holding one is echoed into its message over two
-# lines: a table case of tests/test_bad_inputs.py ("set-with-a-line-break") covers it, and the
-# text fuzzed here leaves these characters out.
+# Text that str.splitlines() breaks. A `--set` text holding one is echoed into its UserError; the
+# printed line is flattened by common/errors.one_line (table case "set-with-a-line-break" of
+# tests/test_bad_inputs.py), so the raw messages checked here leave these characters out.
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 

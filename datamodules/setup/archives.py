@@ -5,6 +5,7 @@ archive leaves nothing behind (everything is extracted into a hidden staging fol
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -61,7 +62,7 @@ def _archive_kind(archive: Path) -> str:
 
 def _extract_tar(archive: Path, staging: Path) -> None:
     with tarfile.open(archive, "r:*") as tar:
-        members = tqdm(tar, unit=" files", desc=f"extracting {archive.name}")
+        members = tqdm(tar, unit=" files", desc=f"extracting {archive.name}", file=sys.stdout)
         if hasattr(tarfile, "data_filter"):
             tar.extractall(staging, members=members, filter=_strict_tar_filter)
         else:  # Python without extraction filters: apply ours member by member
@@ -77,7 +78,7 @@ def _extract_zip(archive: Path, staging: Path) -> None:
             reason = _unsafe_reason(info.filename)
             if reason:
                 raise tarfile.FilterError(f"{info.filename!r}: {reason}")
-        for info in tqdm(infos, unit=" files", desc=f"extracting {archive.name}"):
+        for info in tqdm(infos, unit=" files", desc=f"extracting {archive.name}", file=sys.stdout):
             zip_file.extract(info, staging)
 
 

@@ -15,7 +15,6 @@ import http.client
 import os
 import re
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from common.errors import UserError, exit_on_user_error
+from common.errors import OneLineArgumentParser, UserError, exit_on_user_error
 from common.fileio import file_digest, make_temporary_dir, process_start_time
 from datamodules.setup.archives import extract_archive, flatten_message, merge_move
 
@@ -187,7 +186,7 @@ def resolve_archive(
     if mismatch:
         # A re-packed official archive has another checksum but the same content; the layout check
         # after extraction is what decides, so this is only a warning.
-        print(f"warning: {user_archive} differs from the published archive ({mismatch}); continuing", file=sys.stderr)
+        print(f"warning: {user_archive} differs from the published archive ({mismatch}); continuing")
     return user_archive, False
 
 
@@ -215,7 +214,7 @@ def extracted_archive(args: argparse.Namespace, url: str, archive_name: str, fin
 
 def archive_argument_parser(description: str, epilog: str, archive_name: str) -> argparse.ArgumentParser:
     """The options every prepare script shares: --datasets-folder, --archive, --keep-archive."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
         description=description,
         epilog=epilog,

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_sensum.py` runs from anywhere
 
 from common.catalog import dataset_entry  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common.errors import OneLineArgumentParser, UserError  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
 from datamodules.setup import download  # noqa: E402
 
@@ -82,7 +82,7 @@ def image_counts(root: Path) -> dict[str, dict[str, int]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keep URLs in the epilog unbroken
         description="Copy a SensumSODF copy into <datasets-folder>/SensumSODF and check it.",
         epilog=(
