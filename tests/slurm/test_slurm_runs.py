@@ -19,33 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm.jobs import TERMINAL, job_records, sh, wait_for
+
 REPO = Path(__file__).resolve().parents[2]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-            "DEADLINE"}
 SMALL = ["--set", "image_size=[64,64]", "--set", "eval_step_size=2", "--set", "checkpoint_every=1", "--no-figures"]
 METRICS = ["I-AUROC", "AP-det", "P-AUROC", "AUPRO", "AP-loc", "seg-I-AUROC", "seg-AP-det"]
-
-
-def sh(*args: str, timeout: float = 30) -> str:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
-    return result.stdout
-
-
-def job_records(job_id: str) -> list[dict]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
-    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_done(job_id: str, timeout: float) -> list[dict]:
