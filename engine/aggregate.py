@@ -7,18 +7,29 @@ Each task writes its own row into its run's `last.csv` (ResultsWriter: merged un
 folder, a unit replaces only its own row); the aggregation reads those rows back, keeps only the
 units of the manifest for the summary, and rewrites the run's files with every row kept.
 Torch-free: the aggregation job needs no GPU and starts in a second.
+
+    python engine/aggregate.py MANIFEST_FOLDER [--log-pattern 'logs/ssn-train-demo-12_%a.out']
+
+prints the units that are not complete and the table beside the paper's; exit status 0 when every
+unit is complete, 1 otherwise.
 """
 
+import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.fileio import locked_folder, write_json_atomic
-from common.metrics import METRIC_NAMES
-from common.results import (ResultsWriter, comparison_table, read_last_csv, summarize_runs,
+if __name__ == "__main__":  # run as a script (the aggregation job): the repository root holds our packages
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.errors import exit_on_user_error  # noqa: E402
+from common.fileio import locked_folder, write_json_atomic  # noqa: E402
+from common.metrics import METRIC_NAMES  # noqa: E402
+from common.results import (ResultsWriter, comparison_table, read_last_csv, summarize_runs,  # noqa: E402
                             write_summary_json)
-from engine.manifest import Manifest, ManifestUnit, is_complete, last_status, load_manifest
+from engine.manifest import Manifest, ManifestUnit, is_complete, last_status, load_manifest  # noqa: E402
 
 STATES = ("complete", "failed", "interrupted", "missing")
 
@@ -159,4 +170,19 @@ def aggregate(folder: Path, log_pattern: str = "") -> tuple[int, str]:
     return (0 if not problems else 1), "\n".join(lines)
 
 
+@exit_on_user_error
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--log-pattern", default="", help="task log path with %%a for the task index")
+    args = parser.parse_args(argv)
+    code, report = aggregate(args.folder, args.log_pattern)
+    print(report)
+    return code
+
+
 __all__ = ["UnitState", "unit_state", "merge_run_files", "merge_summary", "aggregate"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -11,6 +11,12 @@ interrupted run leaves one) and its row is in the run's `last.csv`. An evaluatio
 when its row (category, fold, run id) is in the run's `last.csv`, written after the weights.
 
 Importing this module is cheap (no torch): the batch tasks call it for their command line.
+
+    python engine/manifest.py build train|eval [script options...]   # prints folder=, pending=, count=
+    python engine/manifest.py argv FOLDER INDEX                       # task INDEX's command, NUL-separated
+    python engine/manifest.py complete FOLDER INDEX                   # exit 0 when the unit is complete
+    python engine/manifest.py status FOLDER INDEX CODE [NOTE]         # record an attempt's exit code
+    python engine/manifest.py label FOLDER INDEX                      # e.g. "demo/fabric run 1"
 """
 
 import argparse
@@ -18,16 +24,20 @@ import csv
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.catalog import DATASET_NAMES, PAPER_DATASETS, ratio_folder
-from common.config import DEFAULT_VERSION
-from common.errors import UserError
-from common.fileio import write_json_atomic
-from engine import cli
+if __name__ == "__main__":  # run as a script (the batch tasks): the repository root holds our packages
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import cli  # noqa: E402
+from common.catalog import DATASET_NAMES, PAPER_DATASETS, ratio_folder  # noqa: E402
+from common.config import DEFAULT_VERSION  # noqa: E402
+from common.errors import UserError, exit_on_user_error  # noqa: E402
+from common.fileio import write_json_atomic  # noqa: E402
 
 MANIFEST_NAME = "manifest.json"
 RESUME_NAME = "resume.pt"
@@ -331,3 +341,49 @@ def last_status(folder: Path, index: int) -> int | None:
         return None
     lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return int(lines[-1][2]) if lines else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line of the batch scripts
+
+@exit_on_user_error
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "build":
+        if not rest:
+            raise UserError("build needs train or eval")
+        manifest = build_manifest(rest[0], rest[1:])
+        folder = new_manifest_folder(Path(manifest.results_path), manifest.name)
+        manifest.save(folder)
+        print(describe(manifest), file=sys.stderr)
+        print(f"folder={folder.resolve()}")
+        print(f"pending={array_spec(manifest.pending)}")
+        print(f"count={len(manifest.pending)}")
+        print(f"indices={' '.join(map(str, manifest.pending))}")
+        print(f"name={manifest.name}")
+        return 0
+    if len(rest) < 2:
+        raise UserError(f"{command} needs FOLDER INDEX")
+    folder, index = Path(rest[0]), int(rest[1])
+    if command == "argv":
+        sys.stdout.write("".join(a + "\0" for a in task_argv(folder, index)))
+        return 0
+    if command == "complete":
+        manifest = load_manifest(folder)
+        return 0 if is_complete(unit_at(manifest, index), manifest.kind) else 1
+    if command == "status":
+        if len(rest) < 3:
+            raise UserError("status needs FOLDER INDEX CODE [NOTE]")
+        record_status(folder, index, int(rest[2]), " ".join(rest[3:]))
+        return 0
+    if command == "label":
+        print(unit_at(load_manifest(folder), index).label)
+        return 0
+    raise UserError(f"unknown command {command}; see python engine/manifest.py --help")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
