@@ -23,7 +23,7 @@ from common.errors import UserError
 from common.fileio import write_json_atomic
 from common.image_io import IMAGE_EXTENSIONS
 from engine.backends import Backend, TorchBackend, sidecar_path
-from engine.model_card import make_card
+from model.card import make_card
 from engine.outputs import backbone_weights_tag
 from model.checkpoint import write_model_card
 from model.supersimplenet import SuperSimpleNet

@@ -10,7 +10,7 @@ from common.catalog import DATASET_NAMES
 from common.config import build_config, chosen_settings
 from common.errors import UserError
 from engine.fit import seed_everything
-from engine.model_card import apply_card
+from model.card import apply_card
 from engine.outputs import backbone_description
 from model.checkpoint import model_card_path, read_checkpoint, read_model_card
 from model.supersimplenet import SuperSimpleNet

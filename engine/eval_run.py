@@ -16,7 +16,7 @@ from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
 from engine.fit import seed_everything
-from engine.model_card import apply_card
+from model.card import apply_card
 from engine.outputs import EvalLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
 from engine.train_run import setup_name
 from engine.units import dataset_units, fold_column

@@ -15,7 +15,7 @@ from datamodules.base import DatasetSplit, MaskProcessing
 from datamodules.sampling import make_train_loader
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
 from engine.calibrate import calibrate_on_normal_images
-from engine.model_card import make_card
+from model.card import make_card
 from engine.resume import StopRequest, load_resume, resume_path, save_resume
 from engine.outputs import TrainLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
 from model.checkpoint import write_model_card

@@ -36,7 +36,7 @@ from common.device import resolve_device  # noqa: E402
 from common.errors import OneLineArgumentParser, UserError, exit_on_user_error  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
 from model.fast_inference import Outputs, build_fast_model  # noqa: E402
-from engine.model_card import apply_card  # noqa: E402
+from model.card import apply_card  # noqa: E402
 from model.checkpoint import read_model_card  # noqa: E402
 from perf.report import PATH_NAMES, device_name, format_value, paper_means, print_table, write_results  # noqa: E402
 

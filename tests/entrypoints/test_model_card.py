@@ -12,7 +12,7 @@ import eval as eval_cli
 import train as train_cli
 from common.errors import UserError
 from common.metrics import METRIC_NAMES
-from engine.model_card import apply_card
+from model.card import apply_card
 from tests.entrypoints.test_train_eval import _sets, make_mvtec_tree
 
 # a run that differs from every default the card must carry: backbone, random weights, 48x48,

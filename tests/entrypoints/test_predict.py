@@ -18,7 +18,7 @@ from common.calibration import threshold_at_fpr
 from common.config import build_config
 from common.image_io import image_to_tensor_array
 from engine.fit import seed_everything
-from engine.model_card import make_card
+from model.card import make_card
 from engine.calibrate import Thresholds, store_thresholds_in_card
 from engine.checkpoints import load_checkpoint
 from engine.overlay import heatmap_rgb, overlay_layout, render_overlay
