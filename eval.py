@@ -9,9 +9,8 @@ over the run ids, laid out as the official code lays it out) and prints each fig
 
 from pathlib import Path
 
+from common import cli
 from common.catalog import PAPER_DATASETS
-from common.errors import exit_on_user_error
-from engine import cli
 
 
 def parse_args(argv: list[str] | None = None):
@@ -36,16 +35,16 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--save-images", action="store_true", help="write a figure per test image")
     parser.add_argument("--save-scores", action="store_true", help="write per-image scores (JSON)")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    return cli.settle(parser.parse_args(argv))
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    args = cli.settle(parse_args(argv))
+def run(args) -> None:
     from engine.eval_run import run_evaluation  # torch is imported only once the arguments are good
 
     run_evaluation(args)
 
+
+main = cli.command(parse_args, run)
 
 if __name__ == "__main__":
     main()

@@ -11,8 +11,8 @@ the file, `<file>.json` documents the preprocessing and the thresholds. Default 
 
 from pathlib import Path
 
-from common.errors import exit_on_user_error
-from engine import cli
+from common import cli
+from common.errors import UserError
 
 FORMATS = ("onnx", "openvino", "torchscript")
 
@@ -27,21 +27,25 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--output", type=Path, default=None, help="the exported file (default beside the weights)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip running the exported file against the eager model after export")
-    cli.add_version(parser)
-    parser.add_argument("--dataset", choices=cli.DATASET_NAMES, default=None,
-                        help="for a checkpoint without model.yaml: whose defaults to use (default mvtec: 256x256)")
-    cli.add_settings(parser)
-    return parser.parse_args(argv)
+    cli.add_checkpoint_settings(parser)
+    args = cli.settle(parser.parse_args(argv))
+    check_options(args)
+    return args
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    cli.resolve_version(args)
-    from engine.export import run_export  # torch is imported only once the arguments are good
+def check_options(args) -> None:
+    """What argparse cannot say, checked before torch is imported (and long before the export)."""
+    if args.output is not None and args.format == "openvino" and args.output.suffix != ".xml":
+        raise UserError(f"--output {args.output}: an OpenVINO model is an .xml file (with its .bin beside it)")
+
+
+def run(args) -> None:
+    from deploy.export import run_export  # torch is imported only once the arguments are good
 
     run_export(args)
 
+
+main = cli.command(parse_args, run)
 
 if __name__ == "__main__":
     main()

@@ -15,8 +15,8 @@ See docs/deployment.md.
 
 from pathlib import Path
 
-from common.errors import exit_on_user_error
-from engine import cli
+from common import cli
+from common.errors import UserError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -46,22 +46,40 @@ def parse_args(argv: list[str] | None = None):
                         help="false-positive rate allowed on the normal images (default 0.01)")
     parser.add_argument("--pixel-fpr", type=float, default=None,
                         help="false-positive rate for the pixel threshold (default: --fpr)")
-    cli.add_version(parser)
-    parser.add_argument("--dataset", choices=cli.DATASET_NAMES, default=None,
-                        help="for a checkpoint without model.yaml: whose defaults to use (default mvtec: 256x256)")
-    cli.add_settings(parser)
+    cli.add_checkpoint_settings(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = cli.settle(parser.parse_args(argv))
+    check_options(args)
+    return args
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    cli.resolve_version(args)
-    from engine.predict import run_prediction  # torch is imported only once the arguments are good
+def check_options(args) -> None:
+    """What argparse cannot say, checked before torch is imported: ranges and options that do not go together."""
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {args.batch}")
+    for name in ("fpr", "pixel_fpr"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
+    if not args.inputs and not args.calibrate and not args.calibrate_labelled:
+        raise UserError("nothing to do: pass images or folders to predict, or --calibrate / --calibrate-labelled")
+    if args.weights is not None and args.backend not in (None, "torch"):
+        raise UserError(f"--backend {args.backend} runs an exported file: pass --model FILE (see export.py)")
+    if args.model is not None:
+        if args.eager:
+            raise UserError("--eager applies to --weights (the PyTorch checkpoint), not to an exported --model")
+        if args.set or args.config or args.version_chosen or args.dataset:
+            raise UserError("--set, --config, --version and --dataset apply to --weights; an exported model "
+                            "carries its settings (re-export to change them)")
+
+
+def run(args) -> None:
+    from deploy.predict import run_prediction  # torch is imported only once the arguments are good
 
     run_prediction(args)
 
+
+main = cli.command(parse_args, run)
 
 if __name__ == "__main__":
     main()

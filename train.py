@@ -1,13 +1,14 @@
 """Train SuperSimpleNet: `python train.py mvtec|visa|ksdd2|sensum|folder|demo [options]`.
 
 Settings are the published defaults of the dataset and --version, then --config FILE.yaml,
-then --set key=value (see README.md, "Training").
+then --set key=value (see docs/training.md).
 """
 
 from pathlib import Path
 
+from common import cli
 from common.errors import exit_on_user_error
-from engine import cli, signals
+from engine import signals
 
 
 def parse_args(argv: list[str] | None = None):
@@ -26,13 +27,13 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--resume", choices=["auto", "never"], default="never",
                         help="auto: continue each unit from its resume.pt and skip complete units "
                              "(written every checkpoint_every epochs and on SIGTERM/SIGUSR1)")
-    return parser.parse_args(argv)
+    return cli.settle(parser.parse_args(argv))
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     signals.install_early_handlers()  # a preemption signal during start-up must not kill the run
-    args = cli.settle(parse_args(argv))
+    args = parse_args(argv)
     from engine.train_run import run_training  # torch is imported only once the arguments are good
 
     run_training(args)

@@ -15,7 +15,7 @@ def load_mvtec_layout(
     if not category_root.is_dir():
         raise UserError(
             f"{name} category '{category}' not found at {category_root}; "
-            "check --datasets-folder and the dataset layout in README.md"
+            "check --datasets-folder and the dataset layout in docs/datasets.md"
         )
     train_dir = category_root / "train" / "good"
     test_dir = category_root / "test"

@@ -1,3 +1,4 @@
-"""A run of SuperSimpleNet: the units it covers, the training loop of one unit, inference and
-evaluation over a test set, and the files each unit writes. Entry points call this layer; it
-stands on model/ and datamodules/, which stand on common/."""
+"""Training and evaluation runs of SuperSimpleNet: the units a run covers, the training loop of one
+unit, inference and metrics over a test set, the files each unit writes, preemption-safe resume.
+Entry points call this layer; it stands on deploy/ (calibration after training), model/ and
+datamodules/, which stand on common/."""

@@ -14,13 +14,12 @@ from common.errors import UserError
 from common.fileio import check_writable_dir
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
+from common.seeding import seed_everything
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
-from engine.fit import seed_everything
-from model.card import apply_card
-from engine.outputs import EvalLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
+from engine.outputs import EvalLayout, write_figures, write_scores_json
 from engine.train_run import setup_name
 from engine.units import dataset_units, fold_column
-from model.checkpoint import read_model_card
+from model.card import apply_card, backbone_description, backbone_weights_tag, read_model_card
 from model.supersimplenet import SuperSimpleNet
 
 

@@ -1,7 +1,6 @@
 """The training loop of one unit: seed, loaders, optimiser, the training step, periodic
 evaluation (monitoring only), the last-epoch checkpoint, the final evaluation and its files."""
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,23 +10,15 @@ from tqdm import tqdm
 
 from common.errors import Preempted, UserError
 from common.loss import downsample_mask, downsample_weights, supersimplenet_loss
+from common.seeding import seed_everything
 from datamodules.base import DatasetSplit, MaskProcessing
 from datamodules.sampling import make_train_loader
+from deploy.calibrate import calibrate_on_normal_images
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
-from engine.calibrate import calibrate_on_normal_images
-from model.card import make_card
 from engine.resume import StopRequest, load_resume, resume_path, save_resume
-from engine.outputs import TrainLayout, backbone_description, backbone_weights_tag, write_figures, write_scores_json
-from model.checkpoint import write_model_card
+from engine.outputs import TrainLayout, write_figures, write_scores_json
+from model.card import backbone_description, backbone_weights_tag, make_card, write_model_card
 from model.supersimplenet import SuperSimpleNet
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def build_optimizer(

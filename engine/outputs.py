@@ -18,17 +18,6 @@ from common.fileio import write_json_atomic
 from common.metrics import min_max_normalize, normalized_scores
 from common.visualize import render_panel, save_panel
 from engine.evaluate import Predictions
-from model.supersimplenet import SuperSimpleNet
-
-
-def backbone_description(model: SuperSimpleNet) -> str:
-    if model.uses_pretrained_backbone:
-        return f"{model.backbone_name} with ImageNet IMAGENET1K_V1 weights"
-    return f"{model.backbone_name} with RANDOM weights (pretrained=false): not comparable to the paper"
-
-
-def backbone_weights_tag(model: SuperSimpleNet) -> str:
-    return "imagenet" if model.uses_pretrained_backbone else "random"
 
 
 @dataclass(frozen=True)

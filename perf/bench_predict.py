@@ -24,12 +24,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.config import default_config  # noqa: E402
-from engine.export import export_model  # noqa: E402
-from engine.fit import seed_everything  # noqa: E402
-from engine.backends import OnnxRuntimeBackend, TorchBackend, sidecar_path  # noqa: E402
-from engine.calibrate import Thresholds  # noqa: E402
-from engine.checkpoints import LoadedCheckpoint, load_checkpoint  # noqa: E402
-from engine.predict import find_images, predict_images  # noqa: E402
+from common.seeding import seed_everything  # noqa: E402
+from deploy.backends import OnnxRuntimeBackend, TorchBackend, sidecar_path  # noqa: E402
+from deploy.calibrate import Thresholds  # noqa: E402
+from deploy.checkpoints import LoadedCheckpoint, load_checkpoint  # noqa: E402
+from deploy.export import export_model  # noqa: E402
+from deploy.images import find_images  # noqa: E402
+from deploy.predict import predict_images  # noqa: E402
 from model.supersimplenet import SuperSimpleNet  # noqa: E402
 
 

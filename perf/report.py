@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from common.fileio import write_csv_atomic
+from perf.protocol import PATH_NAMES
 
 CSV_HEADER = ["time", "throughput", "memory", "tflops"]
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "paper_results"
-PATH_NAMES = ("reference", "fast")
 
 
 def device_name(device: torch.device) -> str:

@@ -133,7 +133,7 @@ ssn_batch() {
     ssn_setup_env
     # the manifest: lists the units (checks the datasets are there, generates the demo) before anything is submitted
     local built folder="" pending="" count=0 name="" indices=""
-    built=$("$SSN_PY" engine/manifest.py build "$kind" ${SSN_ARGS[@]+"${SSN_ARGS[@]}"}) || exit $?
+    built=$("$SSN_PY" slurm/manifest.py build "$kind" ${SSN_ARGS[@]+"${SSN_ARGS[@]}"}) || exit $?
     while IFS='=' read -r key value; do
         case "$key" in
             folder) folder=$value ;; pending) pending=$value ;; count) count=$value ;;
@@ -151,7 +151,7 @@ ssn_batch() {
                 echo "stopped (exit $SSN_RC); run the same command again to continue" >&2; stopped=1; break
             fi
         done
-        "$SSN_PY" engine/aggregate.py "$folder"
+        "$SSN_PY" slurm/aggregate.py "$folder"
         local rc=$?
         [ "$stopped" = 1 ] && return 3
         return $rc
@@ -159,7 +159,7 @@ ssn_batch() {
 
     if [ "$count" = 0 ]; then
         echo "Every unit is complete: aggregating now"
-        "$SSN_PY" engine/aggregate.py "$folder"
+        "$SSN_PY" slurm/aggregate.py "$folder"
         return $?
     fi
     local default_time=2-00:00:00

@@ -21,22 +21,22 @@ if [ -z "${OMP_NUM_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
     export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
 fi
 
-label=$("$SSN_PY" engine/manifest.py label "$folder" "$index") || exit 2
+label=$("$SSN_PY" slurm/manifest.py label "$folder" "$index") || exit 2
 echo "=== $(date '+%F %T') task $index: $label on $(hostname -s)${SLURM_JOB_ID:+, job $SLURM_JOB_ID}${SLURM_RESTART_COUNT:+, restart $SLURM_RESTART_COUNT}"
 note="${SLURM_JOB_ID:+job $SLURM_JOB_ID}${SLURM_RESTART_COUNT:+ restart $SLURM_RESTART_COUNT}"
 
-if "$SSN_PY" engine/manifest.py complete "$folder" "$index"; then
+if "$SSN_PY" slurm/manifest.py complete "$folder" "$index"; then
     echo "$label is complete already: skipped"
-    "$SSN_PY" engine/manifest.py status "$folder" "$index" 0 "complete already $note"
+    "$SSN_PY" slurm/manifest.py status "$folder" "$index" 0 "complete already $note"
     exit 0
 fi
 
-mapfile -d '' -t argv < <("$SSN_PY" engine/manifest.py argv "$folder" "$index")
+mapfile -d '' -t argv < <("$SSN_PY" slurm/manifest.py argv "$folder" "$index")
 [ ${#argv[@]} -gt 0 ] || { echo "no command for task $index in $folder" >&2; exit 2; }
 echo "+ python ${argv[*]}"
 ssn_forward_run "$SSN_PY" -u "${argv[@]}"
 rc=$SSN_RC
-"$SSN_PY" engine/manifest.py status "$folder" "$index" "$rc" "$note"
+"$SSN_PY" slurm/manifest.py status "$folder" "$index" "$rc" "$note"
 echo "=== $(date '+%F %T') task $index: $label exited with $rc"
 
 if [ "$rc" = "$EXIT_PREEMPTED" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ -z "${SSN_TASK_ID:-}" ]; then

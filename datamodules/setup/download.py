@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 from tqdm import tqdm
 
 from common.errors import OneLineArgumentParser, UserError, exit_on_user_error
-from common.fileio import file_digest, make_temporary_dir, process_start_time
+from common.fileio import check_writable_dir, file_digest, make_temporary_dir, process_start_time
 from datamodules.setup.archives import extract_archive, flatten_message, merge_move
 
 # A cut connection is retried (resuming) only while each attempt adds bytes, and at most this often.
@@ -212,6 +212,11 @@ def extracted_archive(args: argparse.Namespace, url: str, archive_name: str, fin
     remove_downloaded_archive(archive, downloaded, args.keep_archive)
 
 
+def archive_arguments(argv: list[str] | None, description: str, epilog: str, archive_name: str) -> argparse.Namespace:
+    """The parsed options of a prepare script that has only the shared ones (archive_argument_parser)."""
+    return archive_argument_parser(description, epilog, archive_name).parse_args(argv)
+
+
 def archive_argument_parser(description: str, epilog: str, archive_name: str) -> argparse.ArgumentParser:
     """The options every prepare script shares: --datasets-folder, --archive, --keep-archive."""
     parser = OneLineArgumentParser(
@@ -287,6 +292,16 @@ def describe_os_error(error: OSError) -> str:
     paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
     what = error.strerror or str(error) or type(error).__name__
     return f"{what}{': ' + paths if paths else ''}; check the path, its permissions and the free disk space"
+
+
+def needs_preparing(args: argparse.Namespace, title: str, root: Path, what: str, missing: list[str]) -> bool:
+    """False (and says so) when nothing is `missing` from `root`: the prepare script has nothing to do;
+    else True, once --datasets-folder is known to be writable (before any download)."""
+    if not missing:
+        print(f"{title} is already prepared in {root} ({what}); nothing to do")
+        return False
+    check_writable_dir(args.datasets_folder, "--datasets-folder")
+    return True
 
 
 def prepare_entry_point(main: Callable[..., None]) -> Callable[..., None]:

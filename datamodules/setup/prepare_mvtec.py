@@ -7,7 +7,6 @@ are there, so a damaged or wrong archive leaves nothing behind and the next run 
 Usage: python datamodules/setup/prepare_mvtec.py [--datasets-folder ./datasets] [--archive PATH] [--keep-archive]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +15,6 @@ sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_mvtec
 
 from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from common.fileio import check_writable_dir  # noqa: E402
 from datamodules.setup import download  # noqa: E402
 
 # Official archive and its SHA-256 as published in anomalib's MVTec AD datamodule.
@@ -36,24 +34,15 @@ def missing_categories(*roots: Path) -> list[str]:
     return [c for c in CATEGORIES if not any(all((root / c / sub).is_dir() for sub in required) for root in roots)]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = download.archive_argument_parser(
-        "Download and extract MVTec AD into <datasets-folder>/mvtec.",
-        f"Official archive: {MVTEC_URL}\nDataset page (manual download): {MVTEC_PAGE}",
-        ARCHIVE_NAME,
-    )
-    return parser.parse_args(argv)
-
-
 @download.prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract MVTec AD into `<datasets>/mvtec` unless it is already complete there."""
-    args = parse_args(argv)
+    args = download.archive_arguments(argv, "Download and extract MVTec AD into <datasets-folder>/mvtec.",
+                                      f"Official archive: {MVTEC_URL}\nDataset page (manual download): {MVTEC_PAGE}",
+                                      ARCHIVE_NAME)
     root = args.datasets_folder / "mvtec"
-    if not missing_categories(root):
-        print(f"MVTec AD is already prepared in {root} ({len(CATEGORIES)} categories); nothing to do")
+    if not download.needs_preparing(args, "MVTec AD", root, f"{len(CATEGORIES)} categories", missing_categories(root)):
         return
-    check_writable_dir(args.datasets_folder, "--datasets-folder")
     with download.extracted_archive(args, MVTEC_URL, ARCHIVE_NAME, root, sha256=MVTEC_SHA256) as (archive, staging):
         # Categories already complete in `root` count: the archive only has to supply the others.
         missing = missing_categories(staging, root)

@@ -12,7 +12,6 @@ leaves nothing behind and the next run starts clean.
 Usage: python datamodules/setup/prepare_visa.py [--datasets-folder ./datasets] [--archive PATH] [--keep-archive]
 """
 
-import argparse
 import csv
 import os
 import re
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_visa.
 
 from common.catalog import dataset_entry  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from common.fileio import check_writable_dir, make_temporary_dir  # noqa: E402
+from common.fileio import make_temporary_dir  # noqa: E402
 from datamodules.setup import download  # noqa: E402
 
 # Official archive and its SHA-256 (the checksum anomalib's VisA datamodule verifies).
@@ -168,26 +167,17 @@ def missing_categories(output_root: Path) -> list[str]:
     return [c for c in CATEGORIES if not all((output_root / c / f).is_dir() for f in LAYOUT_FOLDERS)]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = download.archive_argument_parser(
-        "Download and extract VisA into <datasets-folder>/visa, then build visa/visa_pytorch "
-        "from split_csv/1cls.csv.",
-        f"Official archive: {VISA_URL}",
-        ARCHIVE_NAME,
-    )
-    return parser.parse_args(argv)
-
-
 @download.prepare_entry_point
 def main(argv: list[str] | None = None) -> None:
     """Extract VisA (unless already extracted) and build visa_pytorch (unless already complete)."""
-    args = parse_args(argv)
+    args = download.archive_arguments(
+        argv, "Download and extract VisA into <datasets-folder>/visa, then build visa/visa_pytorch from "
+        "split_csv/1cls.csv.", f"Official archive: {VISA_URL}", ARCHIVE_NAME)
     raw_root = args.datasets_folder / "visa"
     output_root = raw_root / OUTPUT_FOLDER
-    if not missing_categories(output_root):
-        print(f"VisA is already prepared in {output_root} ({len(CATEGORIES)} categories); nothing to do")
+    if not download.needs_preparing(args, "VisA", output_root, f"{len(CATEGORIES)} categories",
+                                    missing_categories(output_root)):
         return
-    check_writable_dir(args.datasets_folder, "--datasets-folder")
     if (raw_root / SPLIT_CSV).is_file() and args.archive is None:
         print(f"using the VisA already extracted in {raw_root}")
         counts = build_visa_pytorch(raw_root, output_root, required=CATEGORIES)

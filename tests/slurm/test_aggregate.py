@@ -10,8 +10,8 @@ import pytest
 
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter
-from engine import aggregate as agg
-from engine.manifest import Manifest, ManifestUnit, record_status
+from slurm import aggregate as agg
+from slurm.manifest import Manifest, ManifestUnit, record_status
 
 CATEGORIES = ("fabric", "metal")
 

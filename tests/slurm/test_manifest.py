@@ -7,7 +7,7 @@ import pytest
 
 from common.errors import UserError
 from common.results import ResultsWriter
-from engine import manifest as m
+from slurm import manifest as m
 
 SMALL = ["--set", "epochs=1", "--no-figures"]
 

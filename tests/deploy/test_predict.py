@@ -17,12 +17,11 @@ import predict
 from common.calibration import threshold_at_fpr
 from common.config import build_config
 from common.image_io import image_to_tensor_array
-from engine.fit import seed_everything
-from model.card import make_card
-from engine.calibrate import Thresholds, store_thresholds_in_card
-from engine.checkpoints import load_checkpoint
-from engine.overlay import heatmap_rgb, overlay_layout, render_overlay
-from model.checkpoint import read_model_card, write_model_card
+from common.seeding import seed_everything
+from deploy.calibrate import Thresholds, store_thresholds_in_card
+from deploy.checkpoints import load_checkpoint
+from deploy.overlay import heatmap_rgb, overlay_layout, render_overlay
+from model.card import make_card, read_model_card, write_model_card
 from model.supersimplenet import SuperSimpleNet
 
 REPO = Path(__file__).resolve().parents[2]

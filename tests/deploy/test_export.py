@@ -15,9 +15,9 @@ import torch
 
 from common.config import default_config
 from common.image_io import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor_array
-from engine.export import default_output, export_model
-from engine.backends import OnnxRuntimeBackend, OpenVinoBackend, sidecar_path
-from engine.checkpoints import LoadedCheckpoint
+from deploy.export import default_output, export_model
+from deploy.backends import OnnxRuntimeBackend, OpenVinoBackend, sidecar_path
+from deploy.checkpoints import LoadedCheckpoint
 from tests.model.random_models import images, make_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 from common.errors import UserError
 from common.fileio import atomic_path, file_digest, write_json_atomic
 from common.image_io import IMAGENET_MEAN, IMAGENET_STD
-from engine.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, sidecar_path
-from engine.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
-from engine.checkpoints import LoadedCheckpoint, load_checkpoint
+from deploy.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, sidecar_path
+from deploy.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
+from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
 from model.fast_inference import FastSuperSimpleNet, build_fast_model
 from model.supersimplenet import SuperSimpleNet
 
@@ -232,8 +232,6 @@ def run_export(args: argparse.Namespace) -> None:
     """export.py."""
     loaded = load_checkpoint(args.weights, args.version, args.version_chosen, args.config, args.set, args.dataset)
     output = args.output or default_output(args.weights, args.format, args.precision)
-    if args.format == "openvino" and output.suffix != ".xml":
-        raise UserError(f"--output {output}: an OpenVINO model is an .xml file (with its .bin beside it)")
     start = time.perf_counter()
     print(f"Exporting to {args.format} ({args.precision}, {'dynamic' if args.dynamic_batch else 'fixed'} batch) on the CPU ...")
     sidecar, differences = export_model(loaded, args.format, args.precision, args.dynamic_batch, output,

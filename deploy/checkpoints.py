@@ -9,10 +9,9 @@ from typing import Any
 from common.catalog import DATASET_NAMES
 from common.config import build_config, chosen_settings
 from common.errors import UserError
-from engine.fit import seed_everything
-from model.card import apply_card
-from engine.outputs import backbone_description
-from model.checkpoint import model_card_path, read_checkpoint, read_model_card
+from common.seeding import seed_everything
+from model.card import apply_card, backbone_description, model_card_path, read_model_card
+from model.checkpoint import read_checkpoint
 from model.supersimplenet import SuperSimpleNet
 
 DEFAULT_DATASET = "mvtec"  # version defaults for a checkpoint without model.yaml (256 x 256)

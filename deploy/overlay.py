@@ -6,16 +6,12 @@ and optionally the float32 .npy map out, with an `ImageResult` row describing th
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import cv2
 import numpy as np
 
 from common.fileio import atomic_path
-from engine.calibrate import Thresholds
-
-if TYPE_CHECKING:
-    from engine.predict import Loaded
+from deploy.calibrate import Thresholds
+from deploy.images import Loaded
 
 
 def overlay_layout(height: int, width: int) -> tuple[int, int]:
@@ -136,7 +132,7 @@ def full_size_map(probabilities: np.ndarray, height: int, width: int) -> np.ndar
     return np.clip(probabilities, 0.0, 1.0).astype(np.float32)
 
 
-def write_image_outputs(output: Path, entry: "Loaded", probabilities: np.ndarray, score: float,
+def write_image_outputs(output: Path, entry: Loaded, probabilities: np.ndarray, score: float,
                         thresholds: Thresholds, save_maps: bool, overlays: bool = True) -> ImageResult:
     """Every per-image file of one image; returns its row."""
     height, width = entry.image.shape[:2]

@@ -12,7 +12,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,19 +21,14 @@ import torch
 from common.calibration import f1_optimal_threshold, threshold_at_fpr
 from common.errors import UserError
 from common.fileio import write_json_atomic
-from common.image_io import IMAGE_EXTENSIONS
-from engine.backends import Backend, TorchBackend, sidecar_path
-from model.card import make_card
-from engine.outputs import backbone_weights_tag
-from model.checkpoint import write_model_card
+from deploy.backends import Backend, TorchBackend, sidecar_path
+from deploy.checkpoints import LoadedCheckpoint
+from deploy.images import PREDICT_EXTENSIONS, images_under, infer_paths
+from model.card import backbone_weights_tag, make_card, write_model_card
 from model.supersimplenet import SuperSimpleNet
-
-if TYPE_CHECKING:
-    from engine.checkpoints import LoadedCheckpoint
 
 UNCALIBRATED_THRESHOLD = 0.5  # on sigmoid probabilities, for scores and pixels alike
 DEFAULT_FPR = 0.01
-PREDICT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".webp", ".pgm", ".ppm", ".pnm")
 
 
 @dataclass(frozen=True)
@@ -109,9 +104,7 @@ def check_finite_outputs(scores: np.ndarray, maps: list[np.ndarray], source: str
 def calibrate_normal_folder(backend: Backend, folder: Path, fpr: float, pixel_fpr: float, batch: int,
                             progress: bool) -> tuple[dict[str, Any], list[str]]:
     """Thresholds at `fpr` (images) and `pixel_fpr` (pixels) on the normal images under `folder`."""
-    from engine.predict import _images_under, infer_paths  # engine.predict imports this module
-
-    paths = _images_under(folder)
+    paths = images_under(folder)
     if not paths:
         raise UserError(f"--calibrate {folder}: no images found (searched recursively for {', '.join(PREDICT_EXTENSIONS)})")
     done, scores, maps, skipped = infer_paths(backend, paths, batch, progress, "calibrating")
@@ -149,9 +142,7 @@ def calibrate_labelled_folder(backend: Backend, folder: Path, fpr: float, batch:
     """F1-optimal image threshold on `folder/good` + `folder/defect`; F1-optimal pixel threshold when
     `folder/masks` holds masks (good pixels count as normal; defects without a mask are left out of
     the pixel search), else the pixel threshold at `fpr` on the good images' pixels."""
-    from engine.predict import _images_under, infer_paths  # engine.predict imports this module
-
-    good_paths, defect_paths = _images_under(folder / "good"), _images_under(folder / "defect")
+    good_paths, defect_paths = images_under(folder / "good"), images_under(folder / "defect")
     if not good_paths or not defect_paths:
         raise UserError(f"--calibrate-labelled {folder}: needs images in both good/ and defect/ "
                         f"(found {len(good_paths)} and {len(defect_paths)})")
@@ -202,8 +193,6 @@ def calibrate_on_normal_images(model: SuperSimpleNet, image_paths: list[Path | s
     Thresholds are on sigmoid probabilities for both versions (`journal` is accepted so training
     can pass its version flag; it does not change the rule). Unreadable images are skipped with a
     message; none readable is a UserError."""
-    from engine.predict import infer_paths  # engine.predict imports this module
-
     if tuple(model.image_size) != tuple(image_size):
         raise ValueError(f"image_size {tuple(image_size)} differs from the model's {tuple(model.image_size)}")
     was_training = model.training
@@ -220,7 +209,7 @@ def calibrate_on_normal_images(model: SuperSimpleNet, image_paths: list[Path | s
     return thresholds_from_normal(scores, maps, fpr, fpr, "calibration_split")
 
 
-def store_thresholds_in_card(loaded: "LoadedCheckpoint", thresholds: dict[str, Any]) -> Path:
+def store_thresholds_in_card(loaded: LoadedCheckpoint, thresholds: dict[str, Any]) -> Path:
     """Write `thresholds` into the model.yaml beside the weights, keeping the rest of the card; a
     checkpoint without a card gets one with the settings it was loaded with."""
     card = loaded.card
@@ -241,7 +230,7 @@ def store_thresholds_in_sidecar(model_file: Path, sidecar: dict[str, Any], thres
 
 
 __all__ = [
-    "UNCALIBRATED_THRESHOLD", "DEFAULT_FPR", "PREDICT_EXTENSIONS", "Thresholds", "thresholds_from_normal",
+    "UNCALIBRATED_THRESHOLD", "DEFAULT_FPR", "Thresholds", "thresholds_from_normal",
     "fpr_notes", "check_finite_outputs", "calibrate_normal_folder", "read_defect_mask", "find_mask",
     "calibrate_labelled_folder", "calibrate_on_normal_images", "store_thresholds_in_card",
     "store_thresholds_in_sidecar",

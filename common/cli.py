@@ -4,10 +4,11 @@ and `--categories` are the same option, and so are `--run-id` and `--run-ids`.""
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from common.catalog import DATASET_NAMES
 from common.config import DEFAULT_VERSION, VERSIONS
-from common.errors import OneLineArgumentParser, UserError
+from common.errors import OneLineArgumentParser, UserError, exit_on_user_error
 
 
 def new_parser(description: str | None) -> argparse.ArgumentParser:
@@ -42,6 +43,15 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
                         help="override one setting (value parsed as YAML), e.g. --set epochs=10")
 
 
+def add_checkpoint_settings(parser: argparse.ArgumentParser) -> None:
+    """How a --weights file was built when it has no model.yaml (published checkpoints): the version,
+    whose dataset defaults, and settings (predict.py, export.py)."""
+    add_version(parser)
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=None,
+                        help="for a checkpoint without model.yaml: whose defaults to use (default mvtec: 256x256)")
+    add_settings(parser)
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -59,6 +69,19 @@ def settle(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def command(parse_args: Callable[[list[str] | None], argparse.Namespace],
+            run: Callable[[argparse.Namespace], None]) -> Callable[..., None]:
+    """An entry point's `main(argv=None)`: parse and check the options with `parse_args` (torch-free,
+    so --help and option errors answer at once), then `run` them; `run` imports what it needs, so
+    torch comes in only once the options are good. A UserError is one `error:` line and exit 2."""
+
+    @exit_on_user_error
+    def main(argv: list[str] | None = None) -> None:
+        run(parse_args(argv))
+
+    return main
+
+
 def check_run_ids(run_ids: list[int]) -> list[int]:
     if any(run_id < 0 for run_id in run_ids):
         raise UserError(f"--run-id must be >= 0, got {' '.join(map(str, run_ids))}")
@@ -68,4 +91,5 @@ def check_run_ids(run_ids: list[int]) -> list[int]:
 
 
 __all__ = ["DATASET_NAMES", "new_parser", "add_version", "resolve_version", "add_categories", "add_run_ids", "add_settings",
-           "add_device", "add_datasets_folder", "check_run_ids", "settle"]
+           "add_checkpoint_settings",
+           "add_device", "add_datasets_folder", "check_run_ids", "settle", "command"]

@@ -12,11 +12,11 @@ when its row (category, fold, run id) is in the run's `last.csv`, written after 
 
 Importing this module is cheap (no torch): the batch tasks call it for their command line.
 
-    python engine/manifest.py build train|eval [script options...]   # prints folder=, pending=, count=
-    python engine/manifest.py argv FOLDER INDEX                       # task INDEX's command, NUL-separated
-    python engine/manifest.py complete FOLDER INDEX                   # exit 0 when the unit is complete
-    python engine/manifest.py status FOLDER INDEX CODE [NOTE]         # record an attempt's exit code
-    python engine/manifest.py label FOLDER INDEX                      # e.g. "demo/fabric run 1"
+    python slurm/manifest.py build train|eval [script options...]   # prints folder=, pending=, count=
+    python slurm/manifest.py argv FOLDER INDEX                       # task INDEX's command, NUL-separated
+    python slurm/manifest.py complete FOLDER INDEX                   # exit 0 when the unit is complete
+    python slurm/manifest.py status FOLDER INDEX CODE [NOTE]         # record an attempt's exit code
+    python slurm/manifest.py label FOLDER INDEX                      # e.g. "demo/fabric run 1"
 """
 
 import argparse
@@ -33,7 +33,7 @@ from typing import Any
 if __name__ == "__main__":  # run as a script (the batch tasks): the repository root holds our packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import cli  # noqa: E402
+from common import cli  # noqa: E402
 from common.catalog import DATASET_NAMES, PAPER_DATASETS, ratio_folder  # noqa: E402
 from common.config import DEFAULT_VERSION  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
@@ -382,7 +382,7 @@ def main(argv: list[str]) -> int:
     if command == "label":
         print(unit_at(load_manifest(folder), index).label)
         return 0
-    raise UserError(f"unknown command {command}; see python engine/manifest.py --help")
+    raise UserError(f"unknown command {command}; see python slurm/manifest.py --help")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ folder, a unit replaces only its own row); the aggregation reads those rows back
 units of the manifest for the summary, and rewrites the run's files with every row kept.
 Torch-free: the aggregation job needs no GPU and starts in a second.
 
-    python engine/aggregate.py MANIFEST_FOLDER [--log-pattern 'logs/ssn-train-demo-12_%a.out']
+    python slurm/aggregate.py MANIFEST_FOLDER [--log-pattern 'logs/ssn-train-demo-12_%a.out']
 
 prints the units that are not complete and the table beside the paper's; exit status 0 when every
 unit is complete, 1 otherwise.
@@ -29,7 +29,7 @@ from common.fileio import locked_folder, write_json_atomic  # noqa: E402
 from common.metrics import METRIC_NAMES  # noqa: E402
 from common.results import (ResultsWriter, comparison_table, read_last_csv, summarize_runs,  # noqa: E402
                             write_summary_json)
-from engine.manifest import Manifest, ManifestUnit, is_complete, last_status, load_manifest  # noqa: E402
+from slurm.manifest import Manifest, ManifestUnit, is_complete, last_status, load_manifest  # noqa: E402
 
 STATES = ("complete", "failed", "interrupted", "missing")
 
