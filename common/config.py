@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from common.catalog import KSDD2_NUM_SEGMENTED, SENSUM_FOLDS, dataset_entry
+from common.catalog import CATALOG, KSDD2_NUM_SEGMENTED, SENSUM_FOLDS, dataset_entry
 from common.errors import UserError
 
 VERSIONS = ("jims", "icpr")
@@ -298,8 +298,11 @@ def format_config(config: dict[str, Any]) -> str:
 
 
 def settings_table() -> str:
-    """Markdown table of every setting (for the docs): name, default, accepted values, meaning."""
-    lines = ["| setting | default | accepted | meaning |", "|---|---|---|---|"]
+    """Markdown table of every setting (docs/training.md holds it; a test keeps the two equal): name,
+    the datasets it applies to, default, accepted values, meaning."""
+    lines = ["| setting | applies to | default | accepted | meaning |", "|---|---|---|---|---|"]
     for key, setting in {**SETTINGS, **DATASET_SETTINGS}.items():
-        lines.append(f"| `{key}` | `{setting.default!r}` | {setting.accepted} | {setting.meaning} |")
+        owners = [name for name, entry in CATALOG.items() if key in entry.settings] if key in DATASET_SETTINGS else []
+        applies = f"{', '.join(owners)} only" if owners else "every dataset"
+        lines.append(f"| `{key}` | {applies} | `{setting.default!r}` | {setting.accepted} | {setting.meaning} |")
     return "\n".join(lines)

@@ -258,3 +258,17 @@ def test_exit_on_user_error_keeps_other_exceptions():
 
     with pytest.raises(ValueError, match="a bug"):
         main()
+
+
+def test_docs_settings_table_is_the_settings_table():
+    # docs/training.md shows every setting; it must say what the code accepts, dataset-specific ones marked
+    from pathlib import Path
+
+    from common.config import settings_table
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text(encoding="utf-8")
+    start = text.index("\n", text.index("<!-- settings table")) + 1
+    end = text.index("<!-- end of settings table -->")
+    assert text[start:end].strip() == settings_table()
+    assert "| `num_segmented` | ksdd2 only |" in settings_table()
+    assert "| `folds` | sensum only |" in settings_table()
