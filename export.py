@@ -9,22 +9,18 @@ the file, `<file>.json` documents the preprocessing and the thresholds. Default 
 `.venv/bin/pip install -r requirements-export.txt`. See docs/deployment.md.
 """
 
-from pathlib import Path
-
 from common import cli
-from common.errors import UserError
-
-FORMATS = ("onnx", "openvino", "torchscript")
+from deploy.formats import FORMATS, PRECISIONS, check_output, default_output
 
 
 def parse_args(argv: list[str] | None = None):
     parser = cli.new_parser(__doc__)
-    parser.add_argument("--weights", type=Path, required=True, help="a weights.pt (model.yaml beside it is read)")
+    parser.add_argument("--weights", type=cli.path_argument, required=True, help="a weights.pt (model.yaml beside it is read)")
     parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp16: the heavy products in half precision (for GPUs); the interface stays float32")
     parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
-    parser.add_argument("--output", type=Path, default=None, help="the exported file (default beside the weights)")
+    parser.add_argument("--output", type=cli.path_argument, default=None, help="the exported file (default beside the weights)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip running the exported file against the eager model after export")
     cli.add_checkpoint_settings(parser)
@@ -34,9 +30,9 @@ def parse_args(argv: list[str] | None = None):
 
 
 def check_options(args) -> None:
-    """What argparse cannot say, checked before torch is imported (and long before the export)."""
-    if args.output is not None and args.format == "openvino" and args.output.suffix != ".xml":
-        raise UserError(f"--output {args.output}: an OpenVINO model is an .xml file (with its .bin beside it)")
+    """What argparse cannot say, checked before torch is imported (and long before the export): the
+    output's suffix fits --format and its folder can be written."""
+    check_output(args.output or default_output(args.weights, args.format, args.precision), args.format)
 
 
 def run(args) -> None:

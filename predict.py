@@ -23,24 +23,27 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 
 def parse_args(argv: list[str] | None = None):
     parser = cli.new_parser(__doc__)
-    parser.add_argument("inputs", nargs="*", type=Path, metavar="IMAGE_OR_FOLDER",
+    parser.add_argument("inputs", nargs="*", type=cli.path_argument, metavar="IMAGE_OR_FOLDER",
                         help="images and folders to predict (folders recursively)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, help="a weights.pt (model.yaml beside it is read when present)")
-    source.add_argument("--model", type=Path, help="a file written by export.py (.onnx, .xml, .pt)")
+    source.add_argument("--weights", type=cli.path_argument, help="a weights.pt (model.yaml beside it is read when present)")
+    source.add_argument("--model", type=cli.path_argument, help="a file written by export.py (.onnx, .xml, .pt)")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="torch (default for --weights; TorchScript for --model), onnxruntime, openvino "
                              "(default for --model: from the file's suffix)")
-    parser.add_argument("--output", type=Path, default=Path("./predictions"), help="output folder (default ./predictions)")
+    parser.add_argument("--output", type=cli.path_argument, default=Path("./predictions"), help="output folder (default ./predictions)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     cli.add_device(parser)
     parser.add_argument("--eager", action="store_true",
                         help="run the published eager model instead of the fast inference path")
     parser.add_argument("--save-maps", action="store_true", help="also write each anomaly map as float32 .npy")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="skip (and list in skipped.csv) images with more pixels than this, read from the "
+                             "file's header before decoding (default 100000000: 100 megapixels)")
     calibration = parser.add_mutually_exclusive_group()
-    calibration.add_argument("--calibrate", type=Path, metavar="NORMAL_DIR",
+    calibration.add_argument("--calibrate", type=cli.path_argument, metavar="NORMAL_DIR",
                              help="set the thresholds at --fpr on these normal (defect-free) images")
-    calibration.add_argument("--calibrate-labelled", type=Path, metavar="DIR",
+    calibration.add_argument("--calibrate-labelled", type=cli.path_argument, metavar="DIR",
                              help="F1-optimal thresholds on DIR/good, DIR/defect (and DIR/masks when present)")
     parser.add_argument("--fpr", type=float, default=0.01,
                         help="false-positive rate allowed on the normal images (default 0.01)")
@@ -57,6 +60,8 @@ def check_options(args) -> None:
     """What argparse cannot say, checked before torch is imported: ranges and options that do not go together."""
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UserError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     for name in ("fpr", "pixel_fpr"):
         value = getattr(args, name)
         if value is not None and not 0.0 <= value < 1.0:

@@ -4,30 +4,13 @@ Settings are the published defaults of the dataset and --version, then --config 
 then --set key=value (see docs/training.md).
 """
 
-from pathlib import Path
-
 from common import cli
 from common.errors import exit_on_user_error
 from engine import signals
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = cli.new_parser(__doc__)
-    parser.add_argument("dataset", choices=cli.DATASET_NAMES)
-    cli.add_version(parser)
-    cli.add_categories(parser)
-    cli.add_run_ids(parser, default=[0])
-    cli.add_settings(parser)
-    cli.add_datasets_folder(parser)
-    parser.add_argument("--results-path", type=Path, default=Path("./results"))
-    cli.add_device(parser)
-    parser.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
-    parser.add_argument("--resume", choices=["auto", "never"], default="never",
-                        help="auto: continue each unit from its resume.pt and skip complete units "
-                             "(written every checkpoint_every epochs and on SIGTERM/SIGUSR1)")
-    return cli.settle(parser.parse_args(argv))
+    return cli.settle(cli.train_parser(__doc__).parse_args(argv))
 
 
 @exit_on_user_error

@@ -17,6 +17,7 @@ import yaml
 
 from common.catalog import CATALOG, KSDD2_NUM_SEGMENTED, SENSUM_FOLDS, dataset_entry
 from common.errors import UserError
+from common.fileio import is_plain_name
 
 VERSIONS = ("jims", "icpr")
 DEFAULT_VERSION = "jims"  # as the authors' code today
@@ -24,6 +25,7 @@ BACKBONES = ("wide_resnet50_2", "wide_resnet101_2", "resnet18", "resnet34", "res
 BACKBONE_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 NO_ANOMALY_CHOICES = ("empty", "full", "none")
 MIN_IMAGE_SIDE = 32
+MAX_SEED = 2**32 - 1  # numpy's generators take seeds up to here (torch and Python's take more)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ SETTINGS: dict[str, Setting] = {
     "perlin_thr": Setting(0.2, lambda v: -1.0 <= v < 1.0, "a number in [-1, 1)",
                           "threshold of the Perlin noise (its values lie in about [-1, 1])"),
     # optimisation
-    "seed": Setting(42, _at_least(0), "an integer >= 0", "random seed (run N adds N)"),
+    "seed": Setting(42, lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}] (with the run id added)",
+                    "random seed (run N adds N)"),
     "batch": Setting(32, _at_least(1), "an integer >= 1", "training batch size"),
     "epochs": Setting(300, _at_least(1), "an integer >= 1", "training epochs; the last one is kept"),
     "seg_lr": Setting(2e-4, _positive, "a number > 0", "learning rate of the segmentation head"),
@@ -112,8 +115,8 @@ SETTINGS: dict[str, Setting] = {
     "checkpoint_every": Setting(10, _at_least(1), "an integer >= 1",
                                 "write resume.pt every N epochs (and when signalled), for --resume auto"),
     # bookkeeping
-    "setup_name": Setting("superSimpleNet", lambda v: bool(v) and "/" not in v and v not in (".", ".."),
-                          "a non-empty name without '/'", "results folder name"),
+    "setup_name": Setting("superSimpleNet", is_plain_name, "a plain name (no '/', no leading '.')",
+                          "results folder name"),
     "wandb_project": Setting("supersimplenet", lambda v: bool(v), "a non-empty name", "Weights & Biases project"),
 }
 
@@ -132,6 +135,14 @@ DATASET_SETTINGS: dict[str, Setting] = {
 VERSION_SETTINGS: dict[str, dict[str, Any]] = {"icpr": {}, "jims": {"adapt_cls_features": False}}
 JIMS_SUPERVISED_SETTINGS: dict[str, Any] = {"dilate": 7, "dt": [3, 2]}
 WEAK_PERLIN_THRESHOLD = 0.2  # journal: when no training positive has a mask
+
+
+def check_seed_for_runs(seed: int, run_ids: list[int]) -> None:
+    """Run N is seeded with seed + N: every one of them must be a seed numpy accepts."""
+    largest = seed + max(run_ids, default=0)
+    if largest > MAX_SEED:
+        raise UserError(f"setting seed={seed} with run id {max(run_ids)} gives seed {largest}, above {MAX_SEED} "
+                        f"(the largest seed numpy accepts); use a seed <= {MAX_SEED - max(run_ids)}")
 
 
 def check_version(version: str) -> str:
@@ -163,6 +174,24 @@ def is_weak_regime(dataset: str, config: dict[str, Any]) -> bool:
     """True when a supervised dataset is set up with no segmented positive (image labels only)."""
     setting = dataset_entry(dataset).ratio_setting
     return bool(setting) and float(config[setting]) == 0.0
+
+
+REGIMES = ("unsupervised", "weak", "mixed", "full")
+
+
+def supervision_regime(dataset: str, config: dict[str, Any], with_masks: int, labels_only: int) -> str:
+    """The papers' name for what a run trains on: unsupervised (normal images only), weak (defects
+    with image labels only), mixed (some defects with masks) or full (every defect with a mask).
+    KolektorSDD2 and SensumSODF are named by their ratio setting, as the journal's tables name them
+    (so KSDD2 N=53 is mixed under either version); other datasets by the training defects counted."""
+    setting = dataset_entry(dataset).ratio_setting
+    if setting:
+        value = float(config[setting])
+        full = float(max(KSDD2_NUM_SEGMENTED)) if setting == "num_segmented" else 1.0
+        return "weak" if value == 0.0 else "full" if value >= full else "mixed"
+    if not with_masks and not labels_only:
+        return "unsupervised"
+    return "weak" if not with_masks else "mixed" if labels_only else "full"
 
 
 def _setting(key: str) -> Setting:
@@ -230,6 +259,34 @@ def _one_line_yaml_error(error: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first_line: int, second_line: int):
+        super().__init__(key)
+        self.key, self.lines = key, (first_line, second_line)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    would keep the last value without a word)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        except TypeError:  # an unhashable key: the usual constructor reports it
+            continue
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -237,9 +294,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
         reason = getattr(error, "strerror", None) or "not UTF-8 text"
         raise UserError(f"cannot read config file {path}: {reason}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid YAML: {_one_line_yaml_error(error)}") from None
+    except _DuplicateKey as duplicate:
+        first, second = duplicate.lines
+        raise UserError(f"config file {path}: '{duplicate.key}' is given twice (lines {first} and {second}); "
+                        "keep one of them") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

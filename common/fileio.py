@@ -8,13 +8,15 @@ those a killed earlier run left behind.
 """
 
 import contextlib
+import csv
+import errno
 import fcntl
 import hashlib
-import csv
 import json
 import os
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -77,22 +79,89 @@ def make_temporary_dir(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no free temporary folder name in {parent}")
 
 
+def is_plain_name(name: str) -> bool:
+    """A name that stays in the folder it is joined to: not empty, no path separator, not starting
+    with a dot (so neither '.', '..' nor a hidden name), no NUL or line break."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".")
+            and not any(c in name for c in "/\\\0\n\r"))
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """`name` when it is plain (is_plain_name), else a UserError naming `what` (e.g. "--category")."""
+    if not is_plain_name(name):
+        raise UserError(f"{what} {name!r} is not a plain name: it becomes a folder of the results, so it may not be "
+                        "empty, hold '/' or '\\', or start with '.' (no '..'); use letters, digits, '_' or '-'")
+    return name
+
+
+def format_bytes(count: float) -> str:
+    """1536 -> '1.5 KB', 7.2e9 -> '7.2 GB' (powers of 1000, as disk tools print them)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space, in bytes, of the file system holding `path` (or its nearest existing folder)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+class DiskFull(UserError):
+    """A write failed for lack of space (or quota): which file, how much it needed, how much was free.
+    Nothing partial is left: the file is the old one (or absent)."""
+
+    def __init__(self, path: Path, size: int | None):
+        self.path = Path(path)
+        free = free_bytes(self.path)
+        needed = f"{format_bytes(size)} needed, " if size is not None else ""
+        have = f"{format_bytes(free)} free" if free is not None else "free space unknown"
+        super().__init__(f"no space left on the device for {self.path} ({needed}{have}); nothing partial was kept")
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """A UserError when the file system of `folder` clearly lacks `needed` bytes for `what`."""
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise UserError(f"not enough free space in {folder}: {format_bytes(free)} free, {what} writes about "
+                        f"{format_bytes(needed)}; free some space or choose a folder on another disk")
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`.
 
     The temporary exists (empty) when yielded. The final file has the mode a plain
     `open(path, "w")` gives a new file (0666 less the umask), also when it replaces an older file.
+    A full disk (or quota) becomes `DiskFull` naming `path` and `size` (the bytes to be written,
+    when the caller knows them); the temporary is removed and an older `path` stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _temporary_file_beside(path)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = _temporary_file_beside(path)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path, size) from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path, size=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def clean_stale_temporaries(folder: Path) -> list[Path]:
@@ -148,8 +217,7 @@ def check_writable_dir(path: Path, what: str) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

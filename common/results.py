@@ -17,7 +17,7 @@ from common.fileio import locked_folder, write_csv_atomic, write_json_atomic
 PAPER_RESULTS_DIR = Path(__file__).resolve().parent.parent / "paper_results"
 PAPER_RESULTS_NAME = "results_avg_std.json"
 NOT_AVAILABLE = "n/a"
-TEXT_COLUMNS = ("category", "fold", "run_id", "backbone_weights", "version")
+TEXT_COLUMNS = ("category", "fold", "run_id", "backbone_weights", "version", "regime")
 
 
 def _format_value(value: float | None) -> str:

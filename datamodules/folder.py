@@ -38,6 +38,7 @@ GOOD_TEST_FRACTION = 0.2
 MASKED_DEFECT_TEST_FRACTION = 0.5
 MVTEC_LAYOUT, SIMPLE_LAYOUT = "mvtec", "simple"
 MAX_PROBLEMS_IN_ERROR = 3
+TINY_IMAGE_SIDE = 32  # the smallest network input side: a smaller image is blown up to it
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class FolderListing:
     test: list[Sample]
     defects_without_mask: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
+    orphan_masks: list[str] = field(default_factory=list)  # masks that belong to no image
 
 
 def _ignored_files(folder: Path) -> list[Path]:
@@ -69,6 +71,11 @@ def _masks_by_stem(mask_folder: Path) -> dict[str, Path]:
     for mask in list_images(mask_folder):
         by_stem.setdefault(mask.stem, mask)  # sorted listing: the same stem twice always resolves the same way
     return by_stem
+
+
+def _orphans(masks_by_stem: dict[str, Path], used: list[Path | None]) -> list[str]:
+    taken = {Path(m) for m in used if m}
+    return [str(mask) for mask in masks_by_stem.values() if mask not in taken]
 
 
 def _find_mask(masks_by_stem: dict[str, Path], image: Path, name_suffixes: tuple[str, ...]) -> Path | None:
@@ -94,14 +101,17 @@ def _list_mvtec(base: Path) -> FolderListing:
     for type_dir in type_dirs:
         listing.ignored_files += [str(p) for p in _ignored_files(type_dir)]
         masks = _masks_by_stem(base / "ground_truth" / type_dir.name)
+        used = []
         for image in list_images(type_dir):
             if type_dir.name == "good":
                 listing.test.append(FolderSample(str(image), "", NORMAL))
                 continue
             mask = _find_mask(masks, image, ("_mask", ""))
+            used.append(mask)
             if mask is None:
                 listing.defects_without_mask.append(str(image))
             listing.test.append(FolderSample(str(image), str(mask) if mask else "", ANOMALOUS))
+        listing.orphan_masks += _orphans(masks, used)
     return listing
 
 
@@ -120,6 +130,7 @@ def _list_simple(base: Path, weak_labels: bool) -> FolderListing:
             listing.defects_without_mask.append(str(image))
         else:
             masked.append((image, mask))
+    listing.orphan_masks = _orphans(masks, [mask for _, mask in masked])
     held_out_defects = _held_out(len(masked), MASKED_DEFECT_TEST_FRACTION, keep_for_train=0)
     for position, (image, mask) in enumerate(masked):
         target = listing.test if position in held_out_defects else listing.train
@@ -191,6 +202,7 @@ class FileCheck:
 
     problems: list[str] = field(default_factory=list)
     sizes: Counter = field(default_factory=Counter)
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (height, width)
     mask_storage: Counter = field(default_factory=Counter)
     empty_masks: list[tuple[str, str]] = field(default_factory=list)  # (mask, image), relative to the folder
 
@@ -205,6 +217,7 @@ def _check_files(samples: list[Sample], base: Path) -> FileCheck:
             check.problems.append(f"unreadable image {image_name}")
             continue
         check.sizes[image_size] += 1
+        check.image_sizes[sample.image_path] = image_size
         if not sample.mask_path:
             continue
         mask_name = Path(sample.mask_path).relative_to(base)
@@ -280,6 +293,17 @@ def validate_folder(root: Path, category: str, weak_labels: bool = False) -> str
         lines.append(f"warning: {len(check.empty_masks)} defect mask(s) are empty (no non-zero pixel): "
                      "every pixel of these defects counts as defect-free; fix the masks or remove them")
         lines += [f"  empty mask: {mask} (of {image})" for mask, image in check.empty_masks]
+    if listing.orphan_masks:
+        shown = ", ".join(str(Path(p).relative_to(base)) for p in listing.orphan_masks[:3])
+        more = f" and {len(listing.orphan_masks) - 3} more" if len(listing.orphan_masks) > 3 else ""
+        lines.append(f"warning: {len(listing.orphan_masks)} mask(s) belong to no defect image and are not used: "
+                     f"{shown}{more}; check their names (masks/<stem>.png or <stem>_mask.png)")
+    tiny = [(Path(path).relative_to(base), size) for path, size in check.image_sizes.items()
+            if min(size) < TINY_IMAGE_SIDE]
+    if tiny:
+        (first, (height, width)), more = tiny[0], f" and {len(tiny) - 1} more" if len(tiny) > 1 else ""
+        lines.append(f"warning: {len(tiny)} image(s) are smaller than {TINY_IMAGE_SIDE} px on a side ({first} is "
+                     f"{width}x{height}{more}): they are blown up to the input size and carry almost no detail")
     if not any(s.label == NORMAL for s in listing.test) or not any(s.label == ANOMALOUS for s in listing.test):
         lines.append("warning: the test set needs both good and defect images for detection metrics")
     lines += [f"  ignored (not an image): {Path(p).relative_to(base)}" for p in listing.ignored_files]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
-from common.fileio import atomic_path
+from common.fileio import write_bytes_atomic
 
 PLAIN_LEAF_TYPES = (bool, int, float, str)
 PLAIN_CONTAINER_TYPES = (list, tuple)
@@ -174,5 +174,4 @@ def dump_plain_pickle(path: Path, value: Any) -> None:
     """Write `value` (plain lists/tuples/numbers/strings/booleans only) to `path` atomically."""
     if not is_plain(value):
         raise TypeError("dump_plain_pickle accepts only nested lists/tuples of int, float, str and bool")
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(pickle.dumps(value, protocol=PICKLE_PROTOCOL))
+    write_bytes_atomic(Path(path), pickle.dumps(value, protocol=PICKLE_PROTOCOL))

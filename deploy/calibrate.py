@@ -23,7 +23,7 @@ from common.errors import UserError
 from common.fileio import write_json_atomic
 from deploy.backends import Backend, TorchBackend, sidecar_path
 from deploy.checkpoints import LoadedCheckpoint
-from deploy.images import PREDICT_EXTENSIONS, images_under, infer_paths
+from deploy.images import DEFAULT_MAX_PIXELS, PREDICT_EXTENSIONS, images_under, infer_paths
 from model.card import backbone_weights_tag, make_card, write_model_card
 from model.supersimplenet import SuperSimpleNet
 
@@ -102,12 +102,12 @@ def check_finite_outputs(scores: np.ndarray, maps: list[np.ndarray], source: str
 
 
 def calibrate_normal_folder(backend: Backend, folder: Path, fpr: float, pixel_fpr: float, batch: int,
-                            progress: bool) -> tuple[dict[str, Any], list[str]]:
+                            progress: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, Any], list[str]]:
     """Thresholds at `fpr` (images) and `pixel_fpr` (pixels) on the normal images under `folder`."""
     paths = images_under(folder)
     if not paths:
         raise UserError(f"--calibrate {folder}: no images found (searched recursively for {', '.join(PREDICT_EXTENSIONS)})")
-    done, scores, maps, skipped = infer_paths(backend, paths, batch, progress, "calibrating")
+    done, scores, maps, skipped = infer_paths(backend, paths, batch, progress, "calibrating", max_pixels=max_pixels)
     _report_skipped(skipped)
     if not done:
         raise UserError(f"--calibrate {folder}: none of its {len(paths)} images could be read")
@@ -137,8 +137,8 @@ def find_mask(masks_dir: Path, image: Path) -> Path | None:
     return None
 
 
-def calibrate_labelled_folder(backend: Backend, folder: Path, fpr: float, batch: int,
-                              progress: bool) -> tuple[dict[str, Any], list[str]]:
+def calibrate_labelled_folder(backend: Backend, folder: Path, fpr: float, batch: int, progress: bool,
+                              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, Any], list[str]]:
     """F1-optimal image threshold on `folder/good` + `folder/defect`; F1-optimal pixel threshold when
     `folder/masks` holds masks (good pixels count as normal; defects without a mask are left out of
     the pixel search), else the pixel threshold at `fpr` on the good images' pixels."""
@@ -146,8 +146,10 @@ def calibrate_labelled_folder(backend: Backend, folder: Path, fpr: float, batch:
     if not good_paths or not defect_paths:
         raise UserError(f"--calibrate-labelled {folder}: needs images in both good/ and defect/ "
                         f"(found {len(good_paths)} and {len(defect_paths)})")
-    good_done, good_scores, good_maps, skipped = infer_paths(backend, good_paths, batch, progress, "calibrating good")
-    bad_done, bad_scores, bad_maps, more = infer_paths(backend, defect_paths, batch, progress, "calibrating defect")
+    good_done, good_scores, good_maps, skipped = infer_paths(backend, good_paths, batch, progress, "calibrating good",
+                                                             max_pixels=max_pixels)
+    bad_done, bad_scores, bad_maps, more = infer_paths(backend, defect_paths, batch, progress, "calibrating defect",
+                                                       max_pixels=max_pixels)
     _report_skipped(skipped + more)
     if not good_done or not bad_done:
         raise UserError(f"--calibrate-labelled {folder}: no readable image in good/ or defect/")

@@ -32,12 +32,10 @@ from common.image_io import IMAGENET_MEAN, IMAGENET_STD
 from deploy.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, sidecar_path
 from deploy.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
 from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
+from deploy.formats import FORMATS, PRECISIONS, check_output, default_output
 from model.fast_inference import FastSuperSimpleNet, build_fast_model
 from model.supersimplenet import SuperSimpleNet
 
-FORMATS = ("onnx", "openvino", "torchscript")
-PRECISIONS = ("fp32", "fp16")
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("anomaly_map", "score")
 # largest difference from the eager fp32 model accepted by the check after export
 CHECK_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
@@ -61,12 +59,6 @@ class ExportedSuperSimpleNet(nn.Module):
 def exportable(model: SuperSimpleNet, precision: str) -> ExportedSuperSimpleNet:
     dtype = torch.float16 if precision == "fp16" else torch.float32
     return ExportedSuperSimpleNet(build_fast_model(model, "cpu", dtype)).eval()
-
-
-def default_output(weights: Path, export_format: str, precision: str) -> Path:
-    """`<weights folder>/model[_fp16].onnx|.xml|.torchscript.pt`."""
-    suffix = "_fp16" if precision == "fp16" else ""
-    return Path(weights).parent / f"model{suffix}{SUFFIXES[export_format]}"
 
 
 def _require(module: str):
@@ -98,8 +90,6 @@ def export_onnx(module: nn.Module, example: Tensor, path: Path, dynamic_batch: b
 def export_openvino(module: nn.Module, example: Tensor, path: Path, dynamic_batch: bool, precision: str) -> None:
     """The ONNX graph converted to OpenVINO IR: `path` (.xml) and its .bin."""
     ov = _require("openvino")
-    if path.suffix != ".xml":
-        raise UserError(f"--output {path}: an OpenVINO model is an .xml file (with its .bin beside it)")
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = Path(folder) / "model.onnx"
         export_onnx(module, example, onnx_path, dynamic_batch)
@@ -208,8 +198,7 @@ def export_model(loaded: LoadedCheckpoint, export_format: str, precision: str, d
     """Export `loaded` to `output` (+ sidecar); returns (sidecar, check differences or None)."""
     if export_format not in FORMATS or precision not in PRECISIONS:
         raise UserError(f"format must be one of {FORMATS} and precision one of {PRECISIONS}")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = check_output(output, export_format)
     height, width = loaded.image_size
     example = torch.randn(2 if dynamic_batch else 1, 3, height, width, generator=torch.Generator().manual_seed(1))
     module = exportable(loaded.model, precision if export_format != "openvino" else "fp32")
@@ -230,8 +219,8 @@ def export_model(loaded: LoadedCheckpoint, export_format: str, precision: str, d
 
 def run_export(args: argparse.Namespace) -> None:
     """export.py."""
+    output = args.output or default_output(args.weights, args.format, args.precision)  # export.py checked it
     loaded = load_checkpoint(args.weights, args.version, args.version_chosen, args.config, args.set, args.dataset)
-    output = args.output or default_output(args.weights, args.format, args.precision)
     start = time.perf_counter()
     print(f"Exporting to {args.format} ({args.precision}, {'dynamic' if args.dynamic_batch else 'fixed'} batch) on the CPU ...")
     sidecar, differences = export_model(loaded, args.format, args.precision, args.dynamic_batch, output,

@@ -3,6 +3,8 @@ finding the image files of folders (`find_images`), decoding and resizing them i
 of the model (`loaded_batches`), and running a `Backend` over them (`infer_loaded`, `infer_paths`).
 An unreadable image is reported (path, reason) and skipped, never fatal."""
 
+import re
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from common.errors import UserError
@@ -19,6 +22,9 @@ from deploy.backends import Backend
 
 # what predict.py reads: the training formats and a few more that OpenCV decodes
 PREDICT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".webp", ".pgm", ".ppm", ".pnm")
+# Larger images are skipped unread (predict.py --max-pixels): decoding a 20000 x 20000 PNG takes
+# gigabytes and minutes. 100 MP holds the largest industrial line-scan frames one predicts whole.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,30 @@ def find_images(inputs: Iterable[Path], exclude: Path | None = None) -> tuple[li
     return items, missing
 
 
-def load_image(path: Path, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def image_pixels(path: Path) -> int | None:
+    """Width x height from the file's header (nothing decoded); None when Pillow cannot tell (a
+    format it does not know: OpenCV decides then). Above Pillow's own bomb limit: its size anyway."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height
+    except Image.DecompressionBombError as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        return int(found[1]) if found else Image.MAX_IMAGE_PIXELS * 2 + 1
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def load_image(path: Path, image_size: tuple[int, int],
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 H x W x 3 at its own size, network input 3 x h x w float32). Grayscale, RGBA
-    (alpha dropped) and 16-bit files (scaled to 8 bit) are read as training reads them."""
+    (alpha dropped) and 16-bit files (scaled to 8 bit) are read as training reads them. An image of
+    more than `max_pixels` pixels is a UserError before it is decoded."""
+    pixels = image_pixels(path)
+    if pixels is not None and pixels > max_pixels:
+        raise UserError(f"image {path} has {pixels / 1e6:.1f} megapixels, more than --max-pixels {max_pixels} "
+                        f"({max_pixels / 1e6:g} MP): not read; raise --max-pixels to predict it")
     image = read_rgb(path)
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise UserError(f"cannot read image {path}: empty image")
@@ -79,9 +106,9 @@ class Loaded:
     error: str | None = None
 
 
-def _load(item: ImageItem, image_size: tuple[int, int]) -> Loaded:
+def _load(item: ImageItem, image_size: tuple[int, int], max_pixels: int) -> Loaded:
     try:
-        image, array = load_image(item.path, image_size)
+        image, array = load_image(item.path, image_size, max_pixels)
     except UserError as error:
         return Loaded(item, error=str(error))
     except (cv2.error, OSError, ValueError, MemoryError) as error:
@@ -90,17 +117,18 @@ def _load(item: ImageItem, image_size: tuple[int, int]) -> Loaded:
 
 
 def loaded_batches(items: list[ImageItem], image_size: tuple[int, int], batch: int,
-                   pool: ThreadPoolExecutor, prefetch: int = 2) -> Iterator[list[Loaded]]:
+                   pool: ThreadPoolExecutor, prefetch: int = 2,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[Loaded]]:
     """Batches of decoded and resized images, decoded by `pool` ahead of time (in order)."""
     chunks = [items[i:i + batch] for i in range(0, len(items), batch)]
     pending: deque[list[Future]] = deque()
     for chunk in chunks[:prefetch]:
-        pending.append([pool.submit(_load, item, image_size) for item in chunk])
+        pending.append([pool.submit(_load, item, image_size, max_pixels) for item in chunk])
     next_chunk = prefetch
     while pending:
         futures = pending.popleft()
         if next_chunk < len(chunks):
-            pending.append([pool.submit(_load, item, image_size) for item in chunks[next_chunk]])
+            pending.append([pool.submit(_load, item, image_size, max_pixels) for item in chunks[next_chunk]])
             next_chunk += 1
         yield [f.result() for f in futures]
 
@@ -114,14 +142,14 @@ def infer_loaded(backend: Backend, loaded: list[Loaded]) -> tuple[list[Loaded], 
     return good, maps, scores
 
 
-def infer_paths(backend: Backend, paths: list[Path], batch: int, progress: bool, desc: str,
-                workers: int = 4) -> tuple[list[Path], np.ndarray, list[np.ndarray], list[tuple[str, str]]]:
+def infer_paths(backend: Backend, paths: list[Path], batch: int, progress: bool, desc: str, workers: int = 4,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Path], np.ndarray, list[np.ndarray], list[tuple[str, str]]]:
     """(readable paths, scores N, maps at network size, skipped (path, reason)) of `paths`."""
     items = [ImageItem(Path(p), str(i)) for i, p in enumerate(paths)]
     done, scores, maps, skipped = [], [], [], []
     with ThreadPoolExecutor(max(1, workers)) as readers:
         bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress)
-        for loaded in loaded_batches(items, backend.image_size, batch, readers):
+        for loaded in loaded_batches(items, backend.image_size, batch, readers, max_pixels=max_pixels):
             skipped += [(str(e.item.path), e.error) for e in loaded if e.error is not None]
             good, batch_maps, batch_scores = infer_loaded(backend, loaded)
             done += [e.item.path for e in good]

@@ -31,7 +31,7 @@ from deploy.calibrate import (
     store_thresholds_in_sidecar,
 )
 from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
-from deploy.images import PREDICT_EXTENSIONS, ImageItem, find_images, loaded_batches, infer_loaded
+from deploy.images import DEFAULT_MAX_PIXELS, PREDICT_EXTENSIONS, ImageItem, find_images, infer_loaded, loaded_batches
 from deploy.overlay import ImageResult, write_image_outputs
 
 
@@ -60,7 +60,8 @@ class RunSummary:
 
 def predict_images(backend: Backend, items: list[ImageItem], thresholds: Thresholds, output: Path,
                    batch: int = 8, save_maps: bool = False, progress: bool = True, workers: int = 4,
-                   overlays: bool = True, report: Callable[[str], None] | None = None) -> RunSummary:
+                   overlays: bool = True, report: Callable[[str], None] | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> RunSummary:
     """Predict every image of `items` and write its files under `output`; unreadable images are
     reported (through `report`) and skipped. `predictions.csv` (and `skipped.csv`) are written last."""
     report = report or (lambda message: tqdm.write(message, file=sys.stderr))
@@ -70,7 +71,7 @@ def predict_images(backend: Backend, items: list[ImageItem], thresholds: Thresho
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max(1, workers)) as readers, ThreadPoolExecutor(max(1, workers)) as writers:
         bar = tqdm(total=len(items), desc="predicting", unit="img", disable=not progress)
-        for loaded in loaded_batches(items, backend.image_size, batch, readers):
+        for loaded in loaded_batches(items, backend.image_size, batch, readers, max_pixels=max_pixels):
             for entry in loaded:
                 if entry.error is not None:
                     skipped.append((str(entry.item.path), entry.error))
@@ -115,6 +116,7 @@ def run_prediction(args: argparse.Namespace) -> None:
     if args.inputs:
         output = check_writable_dir(args.output, "--output")
     progress = not args.no_progress
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
 
     loaded: LoadedCheckpoint | None = None
     sidecar: dict[str, Any] | None = None
@@ -134,9 +136,10 @@ def run_prediction(args: argparse.Namespace) -> None:
     if args.calibrate:
         calibration, notes = calibrate_normal_folder(backend, args.calibrate, args.fpr,
                                                      args.pixel_fpr if args.pixel_fpr is not None else args.fpr,
-                                                     args.batch, progress)
+                                                     args.batch, progress, max_pixels)
     elif args.calibrate_labelled:
-        calibration, notes = calibrate_labelled_folder(backend, args.calibrate_labelled, args.fpr, args.batch, progress)
+        calibration, notes = calibrate_labelled_folder(backend, args.calibrate_labelled, args.fpr, args.batch, progress,
+                                                       max_pixels)
     if calibration is not None:
         for note in notes:
             print(f"note: {note}")
@@ -161,7 +164,8 @@ def run_prediction(args: argparse.Namespace) -> None:
     if not items:
         raise UserError(f"no images found in {' '.join(map(str, args.inputs))} "
                         f"(folders are searched recursively for {', '.join(PREDICT_EXTENSIONS)})")
-    summary = predict_images(backend, items, thresholds, output, args.batch, args.save_maps, progress, _workers())
+    summary = predict_images(backend, items, thresholds, output, args.batch, args.save_maps, progress, _workers(),
+                             max_pixels=max_pixels)
     summary.skipped[:0] = missing
     if missing:
         write_csv_atomic(output / "skipped.csv", ("path", "reason"), summary.skipped)

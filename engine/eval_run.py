@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from common.catalog import ratio_folder
-from common.config import build_config, chosen_settings
+from common.config import VERSIONS, build_config, check_seed_for_runs, chosen_settings, supervision_regime
 from common.device import resolve_device
 from common.errors import UserError
 from common.fileio import check_writable_dir
@@ -30,12 +30,22 @@ def weights_base(args: argparse.Namespace, config: dict[str, Any], run_id: int) 
     return args.weights_path / str(run_id)
 
 
-def missing_checkpoint(layout: EvalLayout, unit_name: str, version: str, ratio: str) -> UserError:
-    """The error for a missing weights.pt; it names the other version when its layout holds one."""
-    path = layout.weights_path(unit_name)
+def other_layout(layout: EvalLayout, unit_name: str, version: str, ratio: str) -> tuple[str, Path]:
+    """(the other version, where its layout puts this unit's weights.pt)."""
     other_version, other_ratio = ("icpr", "") if version == "jims" else ("jims", ratio)
-    other = layout.weights_path(unit_name, other_ratio)
+    return other_version, layout.weights_path(unit_name, other_ratio)
+
+
+def missing_checkpoint(layout: EvalLayout, unit_name: str, version: str, ratio: str) -> UserError:
+    """The error for a missing weights.pt. When the other version's layout holds one, it says what to
+    do: run with that version, or, when its model.yaml says it is of this version, move it here."""
+    path = layout.weights_path(unit_name)
+    other_version, other = other_layout(layout, unit_name, version, ratio)
     if other.is_file():
+        card = read_model_card(other)
+        if card is not None and card.get("version") == version:
+            return UserError(f"checkpoint {path} not found; {other} is there, but its model.yaml says version "
+                             f"{version}, whose layout puts it at {path}: move weights.pt and model.yaml there")
         return UserError(f"checkpoint {path} not found, but {other} is there: it is laid out for "
                          f"--version {other_version}; run with --version {other_version}")
     return UserError(f"checkpoint {path} not found; place the published weights as "
@@ -54,7 +64,7 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
     units = dataset_units(dataset, config, args.datasets_folder, args.categories)
     layout = EvalLayout(weights_base(args, config, run_id), args.results_path, str(run_id), dataset,
                         ratio if version == "jims" else "")
-    columns = ("run_id", "backbone_weights", "version", *fold_column(dataset))
+    columns = ("run_id", "backbone_weights", "version", "regime", *fold_column(dataset))
     writer = ResultsWriter(METRIC_NAMES, extra_columns=columns)
     tags = set()
     for unit in units:
@@ -63,8 +73,16 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
             raise missing_checkpoint(layout, unit.name, version, ratio)
         # what training recorded beside the weights (image size, backbone, seed, ...) wins over defaults
         card = read_model_card(weights)
+        card_version = (card or {}).get("version")
+        if args.version_chosen and card_version in VERSIONS and card_version != version:
+            _, belongs = other_layout(layout, unit.name, version, ratio)
+            raise UserError(f"{weights} sits in the --version {version} layout, but its model.yaml says version "
+                            f"{card_version}, whose layout puts it at {belongs}: move weights.pt and model.yaml "
+                            f"there and run with --version {card_version}")
         config = apply_card(dataset_config, card, chosen, weights, args.version_chosen)
         split = dataset_units(dataset, config, args.datasets_folder, [unit.name])[0].load()
+        weak = len(split.train_weak)
+        regime = supervision_regime(dataset, config, len(split.train_anomalous) - weak, weak)
         seed_everything(config["seed"])
         model = SuperSimpleNet.from_config(split.image_size, config)
         model.load_model(weights)
@@ -81,13 +99,13 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
         for note in notes:
             print(f"  note: {note}")
         if args.save_scores:
-            write_scores_json(layout.scores_path(unit.name), predictions, tag, version)
+            write_scores_json(layout.scores_path(unit.name), predictions, tag, version, regime)
         if args.save_images:
             thresholds = (card or {}).get("thresholds") or {}
             write_figures(layout.figures_dir(unit.name), predictions, progress=not args.no_progress,
                           pixel_threshold=thresholds.get("pixel"), maps_are_probabilities=version == "jims")
         writer.add(unit.report_category, values, run_id=run_id, backbone_weights=tag, version=version,
-                   **unit.row_extra)
+                   regime=regime, **unit.row_extra)
         writer.save(layout.results_dir())
     return tags, layout.ratio
 
@@ -95,6 +113,8 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
 def run_evaluation(args: argparse.Namespace) -> None:
     if args.batch < 1 or args.num_workers < 0:
         raise UserError("--batch must be >= 1 and --num-workers >= 0")
+    for dataset in args.datasets:
+        check_seed_for_runs(build_config(dataset, args.config, args.set, args.version)["seed"], args.run_ids)
     device = resolve_device(args.device)
     check_writable_dir(args.results_path, "--results-path")
     tags: set[str] = set()

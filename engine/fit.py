@@ -1,6 +1,8 @@
 """The training loop of one unit: seed, loaders, optimiser, the training step, periodic
 evaluation (monitoring only), the last-epoch checkpoint, the final evaluation and its files."""
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,14 +11,15 @@ import torch
 from tqdm import tqdm
 
 from common.errors import Preempted, UserError
+from common.fileio import DiskFull, check_free_space
 from common.loss import downsample_mask, downsample_weights, supersimplenet_loss
 from common.seeding import seed_everything
 from datamodules.base import DatasetSplit, MaskProcessing
 from datamodules.sampling import make_train_loader
 from deploy.calibrate import calibrate_on_normal_images
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
-from engine.resume import StopRequest, load_resume, resume_path, save_resume
-from engine.outputs import TrainLayout, write_figures, write_scores_json
+from engine.outputs import TrainLayout, unit_output_bytes, write_figures, write_scores_json
+from engine.resume import StopRequest, resume_path, save_resume, start_epoch
 from model.card import backbone_description, backbone_weights_tag, make_card, write_model_card
 from model.supersimplenet import SuperSimpleNet
 
@@ -97,14 +100,17 @@ def fit_unit(
     save_figures: bool = True,
     progress: bool = True,
     logger: Any = None,
-    resume: bool = False,
+    resume: str = "continue",
+    regime: str = "",
 ) -> tuple[dict[str, float | None], list[str], str]:
     """Train one model on `split`, save its last-epoch checkpoint, evaluate it once more and
     write its scores and figures. Returns (metrics, notes, backbone weights tag).
 
-    `resume`: continue from the unit's `resume.pt` when there is one. Every `checkpoint_every`
+    `resume` is the --resume mode (engine/resume.py `start_epoch`). Every `checkpoint_every`
     epochs, and when SIGTERM/SIGUSR1 arrives (then at the end of the epoch, raising Preempted),
-    `resume.pt` is written; it is removed by the caller once the unit's results are saved."""
+    `resume.pt` is written; it is removed by the caller once the unit's results are saved. Before
+    the first epoch the results folder's free space is checked against what the unit will write;
+    a write that still fails for lack of space is one UserError saying which resume.pt is kept."""
     journal = config["version"] == "jims"
     checkpoint_dir = layout.checkpoint_dir(split.category)
     split, calibration_images = split.hold_out_normals(config["calibration_split"], config["seed"])
@@ -113,6 +119,9 @@ def fit_unit(
     seed_everything(config["seed"])
     model = SuperSimpleNet.from_config(split.image_size, config).to(device)
     print(f"  backbone: {backbone_description(model)}; features {model.fh}x{model.fw}")
+    trainable_bytes = sum(t.numel() * t.element_size() for t in model.trainable_state_dict().values())
+    check_free_space(checkpoint_dir, unit_output_bytes(trainable_bytes, len(split.test), split.image_size, save_figures),
+                     f"training {layout.dataset}/{split.category}")
     processing = MaskProcessing.from_config(config) if split.supervised else None
     train_loader = make_train_loader(
         split, config["batch"], config["num_workers"], config["flips"], config["seed"], processing
@@ -124,52 +133,78 @@ def fit_unit(
     fingerprint = {key: value for key, value in config.items() if key not in NOT_LEARNED}
     fingerprint.update(unit=split.category, image_size=list(split.image_size))
     saved_state = resume_path(checkpoint_dir)
-    first_epoch = 0
-    if resume and saved_state.is_file():
-        first_epoch = load_resume(saved_state, model, optimizer, scheduler, train_loader, fingerprint)
-        print(f"  resumed from {saved_state} at epoch {first_epoch + 1}")
+    first_epoch, held_epochs = start_epoch(resume, saved_state, model, optimizer, scheduler, train_loader, fingerprint)
+    saved_epoch = first_epoch if first_epoch else held_epochs  # what the resume.pt on disk holds
+
+    def kept() -> str:
+        if saved_state.is_file() and saved_epoch:
+            return (f"{saved_state} is kept (epoch {saved_epoch} of {config['epochs']}): free some space, then run "
+                    "the same command again to continue from it")
+        return "no resume.pt was written yet for this unit: free some space, then run the same command again"
 
     epochs = config["epochs"]
+    # without progress bars, a line every evaluation step and at least every tenth of the run
+    line_every = min(config["eval_step_size"], max(1, math.ceil(epochs / 10)))
+    started = time.perf_counter()
     epoch_bar = tqdm(range(first_epoch, epochs), desc=f"{split.category}", unit="epoch", disable=not progress,
                      initial=first_epoch, total=epochs)
-    with StopRequest().listening() as stop:
-        for epoch in epoch_bar:
-            epoch_loss = train_epoch(model, train_loader, optimizer, device, options, f"{split.name}/{split.category}",
-                                     epoch)
-            epoch_bar.set_postfix(loss=f"{epoch_loss:.4f}")
-            log = {"epoch": epoch + 1, "loss": epoch_loss}
-            # periodic evaluation is for monitoring only: the checkpoint is always the last epoch
-            if (epoch + 1) % config["eval_step_size"] == 0 and epoch + 1 < epochs:
-                values, _ = evaluate(predict(model, evaluation_loader, device, False, journal), split)
-                tqdm.write(f"  epoch {epoch + 1}: {format_metrics(values)}")
-                log.update({k: v for k, v in values.items() if v is not None})
-            if logger is not None:
-                logger.log(log)
-            scheduler.step()
-            if epoch + 1 < epochs and (stop or (epoch + 1) % config["checkpoint_every"] == 0):
-                save_resume(saved_state, epoch + 1, model, optimizer, scheduler, train_loader, fingerprint)
-            if stop and epoch + 1 < epochs:
-                raise Preempted(f"{stop.signal_name} during {layout.dataset}/{split.category}: {saved_state} holds "
-                                f"epoch {epoch + 1} of {epochs}; rerun with --resume auto to continue")
+    try:
+        with StopRequest().listening() as stop:
+            for epoch in epoch_bar:
+                epoch_loss = train_epoch(model, train_loader, optimizer, device, options,
+                                         f"{split.name}/{split.category}", epoch)
+                epoch_bar.set_postfix(loss=f"{epoch_loss:.4f}")
+                log = {"epoch": epoch + 1, "loss": epoch_loss}
+                # periodic evaluation is for monitoring only: the checkpoint is always the last epoch
+                if (epoch + 1) % config["eval_step_size"] == 0 and epoch + 1 < epochs:
+                    values, _ = evaluate(predict(model, evaluation_loader, device, False, journal), split)
+                    tqdm.write(f"  epoch {epoch + 1}/{epochs}: loss {epoch_loss:.4f}  {format_metrics(values)}")
+                    log.update({k: v for k, v in values.items() if v is not None})
+                elif not progress and ((epoch + 1) % line_every == 0 or epoch + 1 == epochs):
+                    print(f"  epoch {epoch + 1}/{epochs}: loss {epoch_loss:.4f} ({time.perf_counter() - started:.0f} s)",
+                          flush=True)
+                if logger is not None:
+                    logger.log(log)
+                scheduler.step()
+                # a resume.pt that holds more epochs (of an earlier run) is never replaced by one with fewer
+                more_than_held = epoch + 1 > held_epochs
+                if epoch + 1 < epochs and more_than_held and (stop or (epoch + 1) % config["checkpoint_every"] == 0):
+                    save_resume(saved_state, epoch + 1, model, optimizer, scheduler, train_loader, fingerprint)
+                    saved_epoch = epoch + 1
+                if stop and epoch + 1 < epochs:
+                    where = (f"{saved_state} holds epoch {epoch + 1} of {epochs}; run the same command again to "
+                             "continue" if more_than_held else
+                             f"{saved_state} of an earlier run holds more ({held_epochs} epochs) and is kept; this "
+                             f"run's {epoch + 1} epoch(s) are not saved")
+                    raise Preempted(f"{stop.signal_name} during {layout.dataset}/{split.category}: {where}")
 
-    tag = backbone_weights_tag(model)
-    checkpoint = model.save_model(checkpoint_dir)
-    card = make_card(config, model, layout.dataset, split.category, tag)
-    if calibration_images:
-        card["thresholds"] = calibrate_on_normal_images(
-            model, [s.image_path for s in calibration_images], split.image_size, device, journal=journal)
-        print(f"  calibrated thresholds: image {card['thresholds']['image']:.4f}, "
-              f"pixel {card['thresholds']['pixel']:.4f}")
-    write_model_card(checkpoint_dir, card)
-    print(f"  checkpoint: {checkpoint} (+ model.yaml)")
-    predictions = predict(model, evaluation_loader, device, progress, journal)
-    check_finite(predictions, f"the model trained on {split.name}/{split.category}")
-    values, notes = evaluate(predictions, split)
-    write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"])
-    if save_figures:
-        write_figures(layout.figures_dir(split.category), predictions, progress=progress,
-                      pixel_threshold=card["thresholds"].get("pixel"), maps_are_probabilities=journal)
+        tag = backbone_weights_tag(model)
+        checkpoint = model.save_model(checkpoint_dir)
+        card = make_card(config, model, layout.dataset, split.category, tag, regime_record(split, regime))
+        if calibration_images:
+            card["thresholds"] = calibrate_on_normal_images(
+                model, [s.image_path for s in calibration_images], split.image_size, device, journal=journal)
+            print(f"  calibrated thresholds: image {card['thresholds']['image']:.4f}, "
+                  f"pixel {card['thresholds']['pixel']:.4f}")
+        write_model_card(checkpoint_dir, card)
+        print(f"  checkpoint: {checkpoint} (+ model.yaml)")
+        predictions = predict(model, evaluation_loader, device, progress, journal)
+        check_finite(predictions, f"the model trained on {split.name}/{split.category}")
+        values, notes = evaluate(predictions, split)
+        write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"], regime)
+        if save_figures:
+            write_figures(layout.figures_dir(split.category), predictions, progress=progress,
+                          pixel_threshold=card["thresholds"].get("pixel"), maps_are_probabilities=journal)
+    except DiskFull as full:
+        raise UserError(f"{full}; {kept()}") from None
     return values, notes, tag
+
+
+def regime_record(split: DatasetSplit, regime: str) -> dict[str, Any]:
+    """What model.yaml says of the supervision: the regime's name and the training defects it had."""
+    labels_only = len(split.train_weak)
+    return {"name": regime, "defects_with_masks": len(split.train_anomalous) - labels_only,
+            "defects_with_labels_only": labels_only, "normal_images": len(split.train_normal)}
 
 
 def train_epoch(model: SuperSimpleNet, loader, optimizer: torch.optim.Optimizer, device: torch.device,

@@ -81,8 +81,23 @@ class EvalLayout:
         return self.results_root / self.run_id / "visual" / self.dataset / unit_name
 
 
-def write_scores_json(path: Path, predictions: Predictions, backbone_weights: str, version: str) -> None:
-    """Normalised image and seg scores per image, grouped as {type: {"good"|"bad": {stem: ...}}}."""
+def unit_output_bytes(trainable_bytes: int, test_images: int, image_size: tuple[int, int], figures: bool) -> int:
+    """About how many bytes one training unit writes at most at once: weights.pt, resume.pt (the
+    weights and AdamW's two moments, written beside the old one before it replaces it), scores,
+    figures (four uncompressed H x W RGB panels per test image, halved for PNG) and a margin for the
+    small files (model.yaml, CSVs, reports)."""
+    height, width = image_size
+    weights = trainable_bytes + 64_000
+    resume = 3 * trainable_bytes + 1_000_000
+    scores = 200 * test_images
+    panels = test_images * 4 * height * width * 3 // 2 if figures else 0
+    return weights + 2 * resume + scores + panels + 2_000_000
+
+
+def write_scores_json(path: Path, predictions: Predictions, backbone_weights: str, version: str,
+                      regime: str = "") -> None:
+    """Normalised image and seg scores per image, grouped as {type: {"good"|"bad": {stem: ...}}}, with
+    the version, the backbone weights and the supervision regime of the model that gave them."""
     score, seg_score = normalized_scores(predictions.anomaly_maps, predictions.scores)
     grouped: dict[str, Any] = {}
     for image_path, s, seg, label in zip(predictions.image_paths, score, seg_score, predictions.labels):
@@ -92,7 +107,8 @@ def write_scores_json(path: Path, predictions: Predictions, backbone_weights: st
             "score": float(s),
             "seg_score": float(seg),
         }
-    write_json_atomic(path, {"version": version, "backbone_weights": backbone_weights, "scores": grouped})
+    described = {"version": version, "backbone_weights": backbone_weights, **({"regime": regime} if regime else {})}
+    write_json_atomic(path, {**described, "scores": grouped})
 
 
 def write_figures(

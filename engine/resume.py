@@ -15,12 +15,15 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from common.fileio import atomic_path
+from common.fileio import write_bytes_atomic
 from datamodules.sampling import BalancedSupervisedSampler
 from engine.signals import STOP_SIGNALS, early_signal
 
 RESUME_NAME = "resume.pt"
 RESUME_FORMAT = 1
+# --resume: continue (default) goes on from a resume.pt of the same settings; auto also skips
+# complete units and refuses a resume.pt of other settings (Slurm tasks); never starts over
+RESUME_MODES = ("continue", "auto", "never")
 
 
 def resume_path(checkpoint_dir: Path) -> Path:
@@ -114,13 +117,12 @@ def save_resume(path: Path, next_epoch: int, model, optimizer, scheduler, loader
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_resume(path: Path, model, optimizer, scheduler, loader, fingerprint: dict) -> int:
-    """Restore everything from `resume.pt`; returns the epoch to continue with. A file of another
-    configuration (different settings) or a damaged one is a UserError naming it."""
+def read_resume(path: Path) -> dict[str, Any]:
+    """The state in `resume.pt` (loaded weights-only, nothing else runs); a damaged or foreign file
+    is a UserError naming it."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises assorted types for damaged or foreign files
@@ -128,11 +130,17 @@ def load_resume(path: Path, model, optimizer, scheduler, loader, fingerprint: di
                         "from epoch 0") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise UserError(f"{path} is not a SuperSimpleNet resume file; delete it to start the unit from epoch 0")
-    if state["fingerprint"] != fingerprint:
-        changed = sorted(k for k in set(fingerprint) | set(state["fingerprint"])
-                         if fingerprint.get(k) != state["fingerprint"].get(k))
-        raise UserError(f"{path} was written with other settings ({', '.join(changed[:5])}); rerun with the "
-                        "same settings, or delete it to start the unit from epoch 0")
+    return state
+
+
+def changed_settings(state: dict[str, Any], fingerprint: dict) -> list[str]:
+    """The settings (and unit, image size) in which `state` was written differently from `fingerprint`."""
+    return sorted(k for k in set(fingerprint) | set(state["fingerprint"])
+                  if fingerprint.get(k) != state["fingerprint"].get(k))
+
+
+def restore_resume(state: dict[str, Any], model, optimizer, scheduler, loader) -> int:
+    """Put everything of a `read_resume` state back; returns the epoch to continue with."""
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     assert not unexpected and all(k.startswith("feature_extractor") for k in missing)
     optimizer.load_state_dict(state["optimizer"])
@@ -144,3 +152,50 @@ def load_resume(path: Path, model, optimizer, scheduler, loader, fingerprint: di
     _set_numpy_state(state["numpy_rng"])
     _set_python_state(state["python_rng"])
     return int(state["next_epoch"])
+
+
+def load_resume(path: Path, model, optimizer, scheduler, loader, fingerprint: dict) -> int:
+    """Restore everything from `resume.pt`; returns the epoch to continue with. A file of another
+    configuration (different settings) or a damaged one is a UserError naming it."""
+    state = read_resume(path)
+    changed = changed_settings(state, fingerprint)
+    if changed:
+        raise UserError(f"{path} was written with other settings ({', '.join(changed[:5])}); rerun with the "
+                        "same settings, or delete it to start the unit from epoch 0")
+    return restore_resume(state, model, optimizer, scheduler, loader)
+
+
+def start_epoch(mode: str, path: Path, model, optimizer, scheduler, loader, fingerprint: dict) -> tuple[int, int]:
+    """Where a unit starts, given `--resume mode` and the `resume.pt` at `path` (if any):
+    (first epoch, epochs the existing resume.pt holds that this run must not overwrite with fewer).
+
+    continue/auto: a resume.pt of the same settings is restored and training goes on from it (one
+    line says so). One of other settings is an error under auto; under continue, and under never for
+    any resume.pt, the run starts at epoch 0 and the old file is kept until this run has trained
+    more epochs than it holds (one line says so): a re-run never throws partial training away."""
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume mode {mode!r} is not one of {RESUME_MODES}")
+    if not path.is_file():
+        return 0, 0
+    if mode == "never":
+        try:
+            held = int(read_resume(path)["next_epoch"])
+        except UserError:
+            return 0, 0  # unreadable: nothing in it can be continued
+        print(f"  note: {path} holds {held} epoch(s) of an earlier run; --resume never starts at epoch 1 and keeps "
+              f"that file until this run has trained more (--resume continue would go on from it)")
+        return 0, held
+    state = read_resume(path)
+    changed = changed_settings(state, fingerprint)
+    if changed and mode == "auto":
+        raise UserError(f"{path} was written with other settings ({', '.join(changed[:5])}); rerun with the "
+                        "same settings, or delete it to start the unit from epoch 0")
+    if changed:
+        held = int(state["next_epoch"])
+        print(f"  note: {path} holds {held} epoch(s) of a run with other settings ({', '.join(changed[:5])}); this "
+              "run starts at epoch 1 and keeps that file until it has trained more")
+        return 0, held
+    first = restore_resume(state, model, optimizer, scheduler, loader)
+    print(f"  resumed from {path} at epoch {first + 1}")
+    return first, 0
+

@@ -63,10 +63,12 @@ def dataset_root(dataset: str, datasets_folder: Path) -> Path:
 
 
 def dataset_units(
-    dataset: str, config: dict[str, Any], datasets_folder: Path, categories: list[str] | None = None
+    dataset: str, config: dict[str, Any], datasets_folder: Path, categories: list[str] | None = None,
+    generate_demo: bool = True,
 ) -> list[Unit]:
     """The units of `dataset` (all categories, or the requested ones) with `config`'s image size,
-    supervision ratio and version."""
+    supervision ratio and version. The demo dataset is generated when missing, unless
+    `generate_demo` is false (a dry run lists units without writing anything)."""
     try:
         entry = dataset_entry(dataset)
     except ValueError as error:
@@ -74,10 +76,12 @@ def dataset_units(
     load = _loader(entry)
     weak_labels = config["version"] == "jims"  # journal: label-only positives are trained on
 
-    if dataset == "demo":
+    if dataset == "demo" and generate_demo:
         from datamodules.demo import ensure_demo_dataset
 
         root = ensure_demo_dataset(Path(datasets_folder))
+    elif dataset == "demo":
+        root = Path(datasets_folder) / entry.folder
     else:
         root = dataset_root(dataset, datasets_folder)
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import UserError
-from common.fileio import atomic_path
+from common.fileio import write_bytes_atomic
 
 WEIGHTS_NAME = "weights.pt"
 
@@ -25,8 +25,7 @@ def save_weights(model: nn.Module, directory: Path | str) -> Path:
     # temporary name would make two identical checkpoints differ byte-wise
     buffer = io.BytesIO()
     torch.save(model.trainable_state_dict(), buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the published script is run from inside perf/
 
+from common.cli import path_argument  # noqa: E402
 from common.config import VERSIONS  # noqa: E402
 from common.errors import OneLineArgumentParser, UserError, exit_on_user_error  # noqa: E402
 from perf.protocol import CPU_CYCLES, CPU_REPS, GPU_CYCLES, GPU_REPS, PATH_NAMES, PRECISION_NAMES  # noqa: E402
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--path", choices=["both", *PATH_NAMES], default="both", help="which inference path to time")
     parser.add_argument("--check", action="store_true",
                         help="first compare the fast path's maps and scores to the fp32 eager model")
-    parser.add_argument("--weights", type=Path, default=None,
+    parser.add_argument("--weights", type=path_argument, default=None,
                         help="a SuperSimpleNet weights.pt (then the ImageNet backbone is needed); default: random")
     parser.add_argument("--backbone", default=None, help="backbone (default wide_resnet50_2, the paper's)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None, help="default 256 256")
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="batch of the throughput test: 16 (the paper's) on CUDA, 4 on CPU to keep a CPU run short")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="fast path without CUDA graphs")
-    parser.add_argument("--output-dir", type=Path, default=Path("."), help="where the CSVs go (current directory)")
+    parser.add_argument("--output-dir", type=path_argument, default=Path("."), help="where the CSVs go (current directory)")
     return parser.parse_args(argv)
 
 

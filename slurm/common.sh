@@ -88,11 +88,12 @@ ssn_resources() {
     SSN_USER_SBATCH+=(${extra[@]+"${extra[@]}"} ${SSN_EXTRA_SBATCH[@]+"${SSN_EXTRA_SBATCH[@]}"})
 }
 
-# ssn_sbatch ARGS...: sbatch --parsable ARGS; prints the job id (or, with --dry-run, the command and a fake id).
+# ssn_sbatch ARGS...: sbatch --parsable ARGS; prints the job id (or, with --dry-run, the command it
+# would run, and a placeholder for the id it would get: nothing is submitted).
 ssn_sbatch() {
     if [ "$SSN_DRY_RUN" = 1 ]; then
         printf 'dry-run: sbatch --parsable' >&2; printf ' %q' "$@" >&2; echo >&2
-        echo "$BASHPID"; return 0   # a made-up job id
+        echo "<job-id>"; return 0
     fi
     local out
     out=$(sbatch --parsable "$@") || ssn_die "sbatch failed (see its message above); nothing more was submitted"
@@ -133,7 +134,9 @@ ssn_batch() {
     ssn_setup_env
     # the manifest: lists the units (checks the datasets are there, generates the demo) before anything is submitted
     local built folder="" pending="" count=0 name="" indices=""
-    built=$("$SSN_PY" slurm/manifest.py build "$kind" ${SSN_ARGS[@]+"${SSN_ARGS[@]}"}) || exit $?
+    local build=(build)
+    [ "$SSN_DRY_RUN" = 1 ] && build+=(--dry-run)   # lists the units, writes no manifest
+    built=$("$SSN_PY" slurm/manifest.py "${build[@]}" "$kind" ${SSN_ARGS[@]+"${SSN_ARGS[@]}"}) || exit $?
     while IFS='=' read -r key value; do
         case "$key" in
             folder) folder=$value ;; pending) pending=$value ;; count) count=$value ;;
@@ -141,8 +144,16 @@ ssn_batch() {
         esac
     done <<< "$built"
     [ -n "$folder" ] || ssn_die "no manifest was written"
-    echo "Manifest: $folder/manifest.json"
+    if [ "$SSN_DRY_RUN" = 1 ]; then
+        echo "Manifest (dry run, not written): $folder/manifest.json"
+    else
+        echo "Manifest: $folder/manifest.json"
+    fi
 
+    if [ "$SSN_DRY_RUN" = 1 ] && { [ "$slurm" = 0 ] || [ "$count" = 0 ]; }; then
+        echo "dry run: nothing was written and nothing was run ($count unit(s) to run$([ "$slurm" = 0 ] && echo ' here, one after the other'))"
+        return 0
+    fi
     if [ "$slurm" = 0 ]; then
         local index stopped=0
         for index in $indices; do
@@ -165,7 +176,7 @@ ssn_batch() {
     local default_time=2-00:00:00
     [ "$kind" = eval ] && default_time=08:00:00
     ssn_resources 8 32G "$default_time"
-    mkdir -p "$SSN_LOG_DIR"
+    [ "$SSN_DRY_RUN" = 1 ] || mkdir -p "$SSN_LOG_DIR"
     local job="ssn-$name" spec=$pending array_id agg_id
     job=${job//_/-}
     [ -n "${SSN_MAX_PARALLEL:-}" ] && spec="$spec%$SSN_MAX_PARALLEL"
@@ -183,6 +194,10 @@ ssn_batch() {
         [ "$SSN_DRY_RUN" = 1 ] || scancel "$array_id"
         exit 2
     }
+    if [ "$SSN_DRY_RUN" = 1 ]; then
+        echo "dry run: nothing was written and nothing was submitted (the $count task(s) and the aggregation above)"
+        return 0
+    fi
     printf 'array %s\naggregate %s\n' "$array_id" "$agg_id" >> "$folder/jobs"
     echo "Submitted array job $array_id ($count task(s)${SSN_MAX_PARALLEL:+, at most $SSN_MAX_PARALLEL at once}) and aggregation job $agg_id (after it)"
     echo "Logs: $SSN_LOG_DIR/$job-${array_id}_<task>.out, $SSN_LOG_DIR/$job-aggregate-$agg_id.out"

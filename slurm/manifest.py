@@ -12,7 +12,7 @@ when its row (category, fold, run id) is in the run's `last.csv`, written after 
 
 Importing this module is cheap (no torch): the batch tasks call it for their command line.
 
-    python slurm/manifest.py build train|eval [script options...]   # prints folder=, pending=, count=
+    python slurm/manifest.py build [--dry-run] train|eval [script options...]   # prints folder=, pending=, ...
     python slurm/manifest.py argv FOLDER INDEX                       # task INDEX's command, NUL-separated
     python slurm/manifest.py complete FOLDER INDEX                   # exit 0 when the unit is complete
     python slurm/manifest.py status FOLDER INDEX CODE [NOTE]         # record an attempt's exit code
@@ -170,19 +170,19 @@ def is_complete(unit: ManifestUnit, kind: str) -> bool:
 # building from the command line of the scripts
 
 def _parser(kind: str) -> argparse.ArgumentParser:
-    prog = f"run_slurm_{kind}.sh"
-    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False,
-                                     description="options not listed here are passed on unchanged")
+    parser = cli.new_parser("options not listed here are passed on to train.py / eval.py (checked first)",
+                            prog=f"run_slurm_{kind}.sh")
+    parser.allow_abbrev = False
     if kind == "train":
         parser.add_argument("dataset", choices=DATASET_NAMES)
-        parser.add_argument("--results-path", type=Path, default=Path("./results"))
+        parser.add_argument("--results-path", type=cli.path_argument, default=Path("./results"))
     else:
         parser.add_argument("--dataset", "--datasets", nargs="+", dest="datasets", default=list(PAPER_DATASETS),
                             choices=DATASET_NAMES, metavar="DATASET")
-        parser.add_argument("--results-path", type=Path, default=Path("./eval_res"))
+        parser.add_argument("--results-path", type=cli.path_argument, default=Path("./eval_res"))
         source = parser.add_mutually_exclusive_group()
-        source.add_argument("--weights-path", type=Path, default=Path("./weights"))
-        source.add_argument("--from-training", type=Path, metavar="RESULTS_PATH")
+        source.add_argument("--weights-path", type=cli.path_argument, default=Path("./weights"))
+        source.add_argument("--from-training", type=cli.path_argument, metavar="RESULTS_PATH")
     parser.add_argument("--runs", help="run ids: 0-4, 0,2,4 or 3 (default 0)")
     cli.add_version(parser)
     cli.add_categories(parser)
@@ -221,12 +221,24 @@ def _common_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return argv + list(extra)
 
 
-def build_manifest(kind: str, argv: list[str]) -> Manifest:
-    """Parse a script's command line, list its units (this checks the datasets are there and
-    generates the demo) and mark the complete ones."""
+def check_task_options(kind: str, args: argparse.Namespace, common: list[str]) -> None:
+    """Parse what every task will be given with train.py's or eval.py's own parser, so that an
+    unknown or malformed option is one error line before anything is written or submitted."""
+    prog = f"run_slurm_{kind}.sh"
+    categories = ["--category", *args.categories] if args.categories else []
+    if kind == "train":
+        cli.settle(cli.train_parser(prog=prog).parse_args([args.dataset, *categories, *common]))
+    else:
+        cli.settle(cli.eval_parser(prog=prog).parse_args(["--datasets", *args.datasets, *categories, *common]))
+
+
+def build_manifest(kind: str, argv: list[str], dry_run: bool = False) -> Manifest:
+    """Parse a script's command line, list its units (this checks the datasets are there and, unless
+    `dry_run`, generates the demo) and mark the complete ones. Writes nothing itself."""
     if kind not in KINDS:
         raise UserError(f"unknown kind {kind}; choose one of {', '.join(KINDS)}")
     args, extra = _parser(kind).parse_known_args(argv)
+    check_task_options(kind, args, _common_argv(args, extra))
     runs = _runs(args)
     version = args.version or DEFAULT_VERSION
     # heavy imports (torch) only here, at submission time
@@ -245,7 +257,8 @@ def build_manifest(kind: str, argv: list[str]) -> Manifest:
         config = build_config(dataset, args.config, args.set, version)
         ratio = ratio_folder(dataset, config) if version == "jims" else ""
         manifest.datasets[dataset] = ratio
-        units = dataset_units(dataset, config, Path(_absolute(args.datasets_folder)), args.categories)
+        units = dataset_units(dataset, config, Path(_absolute(args.datasets_folder)), args.categories,
+                              generate_demo=not dry_run)
         if kind == "train":
             manifest.summary_path = str(results_path / config["setup_name"] / "results_avg_std.json")
         else:
@@ -353,13 +366,18 @@ def main(argv: list[str]) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "build":
+        dry_run = bool(rest) and rest[0] == "--dry-run"
+        rest = rest[1:] if dry_run else rest
         if not rest:
             raise UserError("build needs train or eval")
-        manifest = build_manifest(rest[0], rest[1:])
-        folder = new_manifest_folder(Path(manifest.results_path), manifest.name)
-        manifest.save(folder)
+        manifest = build_manifest(rest[0], rest[1:], dry_run)
+        if dry_run:
+            folder = Path(manifest.results_path) / "slurm" / f"{manifest.name}_<time>"  # not made
+        else:
+            folder = new_manifest_folder(Path(manifest.results_path), manifest.name).resolve()
+            manifest.save(folder)
         print(describe(manifest), file=sys.stderr)
-        print(f"folder={folder.resolve()}")
+        print(f"folder={folder}")
         print(f"pending={array_spec(manifest.pending)}")
         print(f"count={len(manifest.pending)}")
         print(f"indices={' '.join(map(str, manifest.pending))}")

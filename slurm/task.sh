@@ -4,8 +4,9 @@
 # run_slurm_eval.sh with --requeue and --signal=B:USR1@<lead>:
 #   - a unit that is complete already is skipped;
 #   - USR1 (time limit near) and TERM (preemption) are passed on to the training process, which
-#     finishes its epoch, writes resume.pt and exits with 3; this task then requeues itself
-#     (scontrol requeue), and the next start continues from resume.pt (--resume auto);
+#     finishes its epoch, writes resume.pt and exits with 3; this task then requeues itself, and only
+#     itself (scontrol requeue <array job id>_<task id>), and the next start continues from resume.pt
+#     (--resume auto);
 #   - every attempt appends its exit code to <manifest>/status/<index> for the aggregation.
 # It never sets up the environment nor downloads a dataset: the submitting shell did that.
 set -uo pipefail
@@ -40,10 +41,25 @@ rc=$SSN_RC
 echo "=== $(date '+%F %T') task $index: $label exited with $rc"
 
 if [ "$rc" = "$EXIT_PREEMPTED" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ -z "${SSN_TASK_ID:-}" ]; then
-    echo "preempted with resume.pt written: requeueing job $SLURM_JOB_ID"
-    if scontrol requeue "$SLURM_JOB_ID"; then
+    # This task alone: in an array, $SLURM_JOB_ID of the first task equals the array's job id, and
+    # `scontrol requeue <array job id>` would requeue every task of the array, finished or running.
+    if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+        target="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+    else
+        target=$SLURM_JOB_ID
+    fi
+    echo "preempted with resume.pt written: requeueing task $target (this task only)"
+    if said=$(scontrol requeue "$target" 2>&1); then
+        echo "requeued $target: it continues from resume.pt when it starts again"
         exit 0
     fi
-    echo "scontrol requeue failed: submit the same command again to continue from resume.pt" >&2
+    # scontrol can answer with an error although the requeue took place: look before saying it failed
+    state=$(scontrol show job "$target" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n 1)
+    case "${state#JobState=}" in
+        REQUEUED|REQUEUE_HOLD|REQUEUE_FED|PENDING|CONFIGURING)
+            echo "requeued $target (state ${state#JobState=}; scontrol said: ${said//$'\n'/ }): it continues from resume.pt"
+            exit 0 ;;
+    esac
+    echo "scontrol requeue $target failed (${said//$'\n'/ }; state ${state#JobState=}): submit the same command again to continue from resume.pt" >&2
 fi
 exit "$rc"

@@ -217,6 +217,49 @@ def good_checkpoint_with_card(card_text: str) -> Callable[[World, Path], None]:
     return make
 
 
+def checkpoint_with_made_card(edit: Callable[[dict], None], folder: str = "1"):
+    """eval.py on a valid weights.pt in weights/0/folder/widget/<folder>/ beside a card that training
+    would write (journal, the tiny settings), then changed by `edit` (a dict edit; the card is then
+    written as it stands, digests and all, unless `edit` changes them too)."""
+    def build(world: World, case: Path) -> list[str]:
+        import torch
+        import yaml
+
+        from common.config import build_config
+        from model.card import make_card, write_model_card
+        from model.supersimplenet import SuperSimpleNet
+
+        weights = case / "weights" / "0" / "folder" / "widget" / folder / "weights.pt" if folder else \
+            case / "weights" / "0" / "folder" / "widget" / "weights.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(world.good_state, weights)
+        config = build_config("folder", overrides=TINY)
+        model = SuperSimpleNet.from_config((64, 64), config)
+        write_model_card(weights.parent, make_card(config, model, "folder", "widget", "random"))
+        card_path = weights.parent / "model.yaml"
+        card = yaml.safe_load(card_path.read_text())
+        edit(card)
+        card_path.write_text(yaml.safe_dump(card, sort_keys=False))
+        command = eval_()(world, case)
+        command[command.index("--weights-path") + 1] = str(case / "weights")
+        return command
+    return build
+
+
+def other_weights_digest(card: dict) -> None:
+    card["weights_sha256"] = "0" * 64  # the card of another model, copied beside these weights
+
+
+def backbone_twice(card: dict) -> None:
+    card["backbone"] = "resnet34"  # settings.backbone still says resnet18
+
+
+def export_(*args: str) -> Callable[[World, Path], list[str]]:
+    def build(world: World, case: Path) -> list[str]:
+        return ["export.py", "--weights", str(world.checkpoint), *args]
+    return build
+
+
 def truncated_checkpoint(world: World) -> bytes:
     data = world.checkpoint.read_bytes()
     return data[: len(data) // 2]
@@ -379,6 +422,12 @@ CASES = [
     Case("config-not-utf8", with_setup(write_text("binary.yaml", b"\xff\xfe\x00epochs"), command_with(
         train("mvtec"), "--config", in_case("binary.yaml"))), ("binary.yaml", "UTF-8")),
     Case("config-missing", command_with(train("mvtec"), "--config", in_case("absent.yaml")), ("absent.yaml",)),
+    Case("config-duplicate-key", with_setup(write_text("twice.yaml", "epochs: 3\nbatch: 4\nepochs: 5\n"), command_with(
+        train("mvtec"), "--config", in_case("twice.yaml"))), ("twice.yaml", "'epochs' is given twice", "lines 1 and 3")),
+    Case("set-seed-beyond-numpy", train("mvtec", "--set", "seed=99999999999999999999"), ("seed", "4294967295")),
+    Case("set-seed-plus-run-id-beyond-numpy", train("mvtec", "--set", "seed=4294967295", "--run-id", "1"),
+         ("seed", "run id 1", "4294967294")),
+    Case("set-setup-name-climbs-out", train("mvtec", "--set", "setup_name=../elsewhere"), ("setup_name", "plain name")),
     Case("config-unknown-key", with_setup(write_text("typo.yaml", "epoch: 3\n"), command_with(
         train("mvtec"), "--config", in_case("typo.yaml"))), ("typo.yaml", "unknown setting 'epoch'")),
     # --- options (train.py) ---
@@ -390,6 +439,10 @@ CASES = [
     Case("device-cuda-without-cuda", command_with(train("mvtec"), "--device", lambda w, c: "cuda"),
          ("--device cuda", "no CUDA"), needs_no_cuda=True),
     Case("device-unknown", command_with(train("mvtec"), "--device", lambda w, c: "tpu"), ("--device tpu",)),
+    Case("results-path-empty", command_with(train("folder", "--category", "widget"), "--results-path",
+                                            lambda w, c: ""), ("--results-path", "empty path")),
+    Case("datasets-folder-empty", command_with(train("mvtec"), "--datasets-folder", lambda w, c: ""),
+         ("--datasets-folder", "empty path")),
     Case("results-path-is-a-file", with_setup(with_file_in_the_way, command_with(
         train("folder", "--category", "widget"), "--results-path", in_case("a_file"))), ("--results-path", "a_file")),
     Case("results-path-under-a-file", with_setup(with_file_in_the_way, command_with(
@@ -402,6 +455,11 @@ CASES = [
     Case("mvtec-category-absent", train("mvtec", "--category", "cable"), ("category 'cable' not found",)),
     Case("mvtec-mask-missing", with_setup(mvtec_without_mask, mvtec_command), ("001_mask.png", "missing")),
     Case("folder-without-category", train("folder"), ("--category",)),
+    Case("folder-category-climbs-out", lambda w, c: [  # would train on ../../widget and write outside the results
+        "train.py", "folder", "--category", "../../widget", "--datasets-folder", str(w.datasets / "widget" / "good"),
+        "--results-path", str(c / "results"), "--device", "cpu", "--no-progress", *sets(TINY)],
+        ("--category", "'../../widget'", "plain name")),
+    Case("folder-category-hidden", train("folder", "--category", ".widget"), ("--category", "plain name")),
     Case("folder-category-absent", train("folder", "--category", "absent"), ("absent not found",)),
     Case("folder-no-layout", train_own_folder(damage=no_layout), ("neither train/good/",)),
     Case("folder-no-good-images", train_own_folder(damage=no_good_images), ("no good training images",)),
@@ -437,6 +495,28 @@ CASES = [
     Case("eval-results-path-under-a-file", with_setup(with_file_in_the_way, command_with(
         eval_(), "--results-path", in_case("a_file/sub"))), ("a_file",)),
     Case("eval-batch-zero", eval_("--batch", "0"), ("--batch",)),
+    Case("eval-category-climbs-out", eval_("--category", "../widget"), ("--category", "plain name")),
+    Case("eval-model-card-of-other-weights", checkpoint_with_made_card(other_weights_digest),
+         ("model.yaml", "describes other weights", "weights.pt")),
+    Case("eval-model-card-contradicts-itself", checkpoint_with_made_card(backbone_twice),
+         ("model.yaml", "contradicts itself", "backbone", "settings.backbone")),
+    Case("eval-journal-card-in-icpr-layout", checkpoint_with_made_card(lambda card: None, folder=""),
+         ("says version jims", "widget/1/weights.pt", "move")),
+    Case("eval-journal-card-in-icpr-layout-as-icpr", command_with(
+        checkpoint_with_made_card(lambda card: None, folder=""), "--version", lambda w, c: "icpr"),
+        ("--version icpr layout", "says version jims", "widget/1/weights.pt")),
+    # --- export.py ---
+    Case("export-output-under-a-file", with_setup(with_file_in_the_way, lambda w, c: export_(
+        "--format", "torchscript", "--output", str(c / "a_file" / "m.pt"))(w, c)), ("--output", "a_file")),
+    Case("export-output-suffix-of-another-format", lambda w, c: export_(
+        "--format", "onnx", "--output", str(c / "model.pt"))(w, c), ("--output", "onnx export is a .onnx file")),
+    Case("export-output-is-a-folder", lambda w, c: (c.joinpath("out.onnx").mkdir(), export_(
+        "--format", "onnx", "--output", str(c / "out.onnx"))(w, c))[1], ("--output", "is a folder")),
+    Case("export-weights-empty-path", export_("--format", "onnx", "--weights", ""), ("--weights", "empty path")),
+    # --- predict.py ---
+    Case("predict-max-pixels-zero", lambda w, c: ["predict.py", "--weights", str(w.checkpoint), str(c),
+                                                   "--output", str(c / "out"), "--max-pixels", "0"],
+         ("--max-pixels",)),
     Case("eval-version-unknown", eval_("--version", "v3"), ("--version", "v3")),
     Case("eval-device-cuda-without-cuda", eval_("--device", "cuda"), ("--device cuda",), needs_no_cuda=True),
     Case("eval-bad-setting", eval_("--set", "gamma=-5"), ("gamma",)),

@@ -1,6 +1,8 @@
 """Preemption-safe training: a run stopped by SIGUSR1/SIGTERM writes resume.pt and exits 3; the
-same command with --resume auto continues and ends with the same weights.pt, byte for byte, as a
-run that was never stopped; complete units are skipped; resume.pt is gone once a unit completes."""
+same command (--resume continue, the default, or auto) continues and ends with the same weights.pt,
+byte for byte, as a run that was never stopped; --resume auto skips complete units; --resume never
+starts over but keeps an older resume.pt until it has trained more; resume.pt is gone once a unit
+completes."""
 
 import contextlib
 import io
@@ -12,6 +14,7 @@ import pytest
 import engine.fit
 import train as train_cli
 from common.errors import EXIT_PREEMPTED
+from engine.resume import read_resume
 from tests.datamodules.tree_helpers import make_ksdd2_tree
 from tests.entrypoints.test_train_eval import _sets, make_mvtec_tree
 
@@ -77,22 +80,49 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, dataset_arg
     assert not (_weights(straight, dataset_args) / "resume.pt").exists()
 
 
-def test_without_resume_a_run_starts_over_and_complete_units_are_skipped(tmp_path, monkeypatch, dataset_args):
+def test_a_rerun_continues_by_default_and_auto_skips_complete_units(tmp_path, monkeypatch, dataset_args):
+    """After a stop (or a kill once resume.pt is written), the same command goes on from resume.pt."""
     common = ["--device", "cpu", "--no-progress", "--no-figures"]
     results = tmp_path / "results"
     with monkeypatch.context() as patch:
         _signal_at_epoch(patch, 3, signal.SIGUSR1)
         assert _run([*dataset_args, "--results-path", str(results), *common]) == EXIT_PREEMPTED
     folder = _weights(results, dataset_args)
-    started_over = []
+    trained = []
     original = engine.fit.train_epoch
-    monkeypatch.setattr(engine.fit, "train_epoch", lambda *a, **k: started_over.append(a[-1]) or original(*a, **k))
-    assert _run([*dataset_args, "--results-path", str(results), *common]) == 0  # no --resume: from epoch 0
-    assert started_over == list(range(EPOCHS))
-    started_over.clear()
+    monkeypatch.setattr(engine.fit, "train_epoch", lambda *a, **k: trained.append(a[-1]) or original(*a, **k))
+    assert _run([*dataset_args, "--results-path", str(results), *common]) == 0  # the same command, no --resume
+    assert trained == [4]  # epochs 1-4 came from resume.pt
+    assert not (folder / "resume.pt").exists()
+    trained.clear()
     before = (folder / "weights.pt").stat().st_mtime_ns
     assert _run([*dataset_args, "--results-path", str(results), "--resume", "auto", *common]) == 0
-    assert started_over == [] and (folder / "weights.pt").stat().st_mtime_ns == before
+    assert trained == [] and (folder / "weights.pt").stat().st_mtime_ns == before  # complete: skipped
+    assert _run([*dataset_args, "--results-path", str(results), *common]) == 0  # continue: trained again
+    assert trained == list(range(EPOCHS))
+
+
+def test_resume_never_keeps_the_older_resume_file_until_it_has_trained_more(tmp_path, monkeypatch, dataset_args):
+    common = ["--device", "cpu", "--no-progress", "--no-figures", "--set", "checkpoint_every=1"]
+    straight = tmp_path / "straight"
+    assert _run([*dataset_args, "--results-path", str(straight), *common]) == 0
+    results = tmp_path / "results"
+    with monkeypatch.context() as patch:
+        _signal_at_epoch(patch, 2, signal.SIGUSR1)
+        assert _run([*dataset_args, "--results-path", str(results), *common]) == EXIT_PREEMPTED
+    resume = _weights(results, dataset_args) / "resume.pt"
+    assert read_resume(resume)["next_epoch"] == 3
+
+    held = []  # what resume.pt holds when each epoch of the new run starts
+    original = engine.fit.train_epoch
+    monkeypatch.setattr(engine.fit, "train_epoch",
+                        lambda *a, **k: held.append((a[-1], read_resume(resume)["next_epoch"])) or original(*a, **k))
+    assert _run([*dataset_args, "--results-path", str(results), "--resume", "never", *common]) == 0
+    # epochs 1-3 of the new run leave the file of 3 epochs alone; after epoch 4 it holds 4
+    assert held == [(0, 3), (1, 3), (2, 3), (3, 3), (4, 4)]
+    assert not resume.exists()
+    weights = _weights(results, dataset_args) / "weights.pt"
+    assert weights.read_bytes() == (_weights(straight, dataset_args) / "weights.pt").read_bytes()  # from epoch 1
 
 
 def test_resume_file_of_other_settings_is_refused(tmp_path, monkeypatch, dataset_args, capsys):

@@ -1,12 +1,15 @@
 """run_slurm_train.sh on the private Slurm cluster (tests/slurm/cluster.sh): a 2-unit x 2-run demo
-array plus its aggregation, and a unit requeued mid-training that ends with the same checkpoint,
-byte for byte, as an uninterrupted run. Without Slurm, the same script runs plainly and writes
-what train.py writes (that test needs no cluster).
+array plus its aggregation, and the first task of an array preempted mid-training while its
+sibling runs: that task alone is requeued (its job id is the array's: requeueing that id would
+restart the whole array), the sibling runs on undisturbed, and the preempted unit ends with the
+same checkpoint, byte for byte, as an uninterrupted run. Without Slurm, the same script runs
+plainly and writes what train.py writes (that test needs no cluster).
 
-Everything is submitted at once by the module fixture, so the jobs share the node's CPUs:
+The module fixture submits B first and waits until both its tasks run (the node has few CPUs),
+then A and C, which share the node's CPUs with what is left of B:
+  B  demo fabric+metal run 0, 3 epochs, checkpoint_every=1: TERM to task 0 once its first resume.pt exists
   A  demo fabric+metal, runs 0-1, 2 epochs, 64x64 (4 tasks) + aggregation
-  B  demo fabric run 0, 3 epochs, checkpoint_every=1: USR1 once its first resume.pt exists
-  C  the same unit as B, uninterrupted (the reference)
+  C  demo fabric run 0 as in B, uninterrupted (the reference)
 """
 
 import json
@@ -62,12 +65,15 @@ def jobs(slurm_cluster, tmp_path_factory):
     from datamodules.demo import ensure_demo_dataset
 
     ensure_demo_dataset(tmp / "datasets")  # once, so the three submissions below can list their units at once
+    jobs = {"B": submitted(start_submission(tmp, "B", "--set", "epochs=3"))}
+    # B's two tasks must run side by side when task 0 is preempted: only then are the others submitted
+    wait_for(lambda: [r["JobState"] for r in job_records(jobs["B"]["array"])] == ["RUNNING", "RUNNING"], 240,
+             "both tasks of B to run", interval=0.5)
     processes = {  # submitted side by side: the manifests are built in parallel
         "A": start_submission(tmp, "A", "--runs", "0-1", "--set", "epochs=2", "--max-parallel", "2"),
-        "B": start_submission(tmp, "B", "--category", "fabric", "--set", "epochs=3"),
         "C": start_submission(tmp, "C", "--category", "fabric", "--set", "epochs=3"),
     }
-    jobs = {name: submitted(process) for name, process in processes.items()}
+    jobs.update({name: submitted(process) for name, process in processes.items()})
     yield tmp, jobs
     print(f"slurm runs: {time.monotonic() - started:.0f} s from the first submission")
     ids = [j[k] for j in jobs.values() for k in ("array", "aggregate")]
@@ -95,21 +101,33 @@ def test_submission_has_the_requested_shape(jobs):
 
 
 @pytest.mark.slurm
-def test_requeued_unit_ends_as_an_uninterrupted_one(jobs):
+def test_preempted_first_task_alone_is_requeued_and_ends_as_an_uninterrupted_run(jobs):
     tmp, submitted = jobs
-    task = f"{submitted['B']['array']}_0"
+    array = submitted["B"]["array"]
+    task, sibling = f"{array}_0", f"{array}_1"
+    [first] = job_records(task)
+    assert first["JobId"] == array, first  # the task whose job id names the whole array
     unit_dir = tmp / "B" / "demo" / "checkpoints" / "demo" / "fabric" / "1"
     wait_for(lambda: (unit_dir / "resume.pt").is_file(), 240, "B's first resume.pt", interval=0.2)
-    sh("scancel", "--signal=USR1", "--batch", task)
-    [b] = wait_done(submitted["B"]["aggregate"], 300)
+    [running] = job_records(sibling)
+    assert running["JobState"] == "RUNNING", running  # preempted while its sibling runs
+    sh("scancel", "--signal=TERM", "--batch", task)
+    [b] = wait_done(submitted["B"]["aggregate"], 400)
     assert b["JobState"] == "COMPLETED", (b, log_text(tmp))
     [record] = job_records(task)
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", record
+    [other] = job_records(sibling)
+    assert other["JobState"] == "COMPLETED" and other["Restarts"] == "0", other  # never touched
     status = (Path(submitted["B"]["manifest"]) / "status" / "0").read_text().split("\n")
     assert [line.split()[2] for line in status if line] == ["3", "0"], status  # preempted, then done
-    log = next((tmp / "logs").glob(f"*-{submitted['B']['array']}_0.out")).read_text()
-    assert "requeueing job" in log and "resumed from" in log, log
+    sibling_status = (Path(submitted["B"]["manifest"]) / "status" / "1").read_text().split("\n")
+    assert [line.split()[2] for line in sibling_status if line] == ["0"], sibling_status  # one attempt
+    log = next((tmp / "logs").glob(f"*-{array}_0.out")).read_text()
+    assert f"requeueing task {task} (this task only)" in log and f"requeued {task}" in log, log
+    assert "resumed from" in log and "submit the same command again" not in log, log
     assert not (unit_dir / "resume.pt").exists()
+    report = json.loads((Path(submitted["B"]["manifest"]) / "report.json").read_text())
+    assert report["complete"] and report["counts"]["complete"] == 2, report
 
     [c] = wait_done(submitted["C"]["aggregate"], 300)
     assert c["JobState"] == "COMPLETED", (c, log_text(tmp))
