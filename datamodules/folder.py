@@ -38,7 +38,7 @@ GOOD_TEST_FRACTION = 0.2
 MASKED_DEFECT_TEST_FRACTION = 0.5
 MVTEC_LAYOUT, SIMPLE_LAYOUT = "mvtec", "simple"
 MAX_PROBLEMS_IN_ERROR = 3
-TINY_IMAGE_SIDE = 32  # the smallest network input side: a smaller image is blown up to it
+TINY_IMAGE_SIDE = 8  # a side under this (a 1-pixel image, a thumbnail strip) carries next to nothing
 
 
 @dataclass(frozen=True)
@@ -298,11 +298,11 @@ def validate_folder(root: Path, category: str, weak_labels: bool = False) -> str
         more = f" and {len(listing.orphan_masks) - 3} more" if len(listing.orphan_masks) > 3 else ""
         lines.append(f"warning: {len(listing.orphan_masks)} mask(s) belong to no defect image and are not used: "
                      f"{shown}{more}; check their names (masks/<stem>.png or <stem>_mask.png)")
-    tiny = [(Path(path).relative_to(base), size) for path, size in check.image_sizes.items()
-            if min(size) < TINY_IMAGE_SIDE]
+    tiny = sorted((Path(path).relative_to(base), size) for path, size in check.image_sizes.items()
+                  if min(size) < TINY_IMAGE_SIDE)
     if tiny:
         (first, (height, width)), more = tiny[0], f" and {len(tiny) - 1} more" if len(tiny) > 1 else ""
-        lines.append(f"warning: {len(tiny)} image(s) are smaller than {TINY_IMAGE_SIDE} px on a side ({first} is "
+        lines.append(f"warning: {len(tiny)} image(s) have a side under {TINY_IMAGE_SIDE} px ({first} is "
                      f"{width}x{height}{more}): they are blown up to the input size and carry almost no detail")
     if not any(s.label == NORMAL for s in listing.test) or not any(s.label == ANOMALOUS for s in listing.test):
         lines.append("warning: the test set needs both good and defect images for detection metrics")

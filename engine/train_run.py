@@ -70,7 +70,7 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
         regime = supervision_regime(args.dataset, config, len(split.train_anomalous) - weak, weak)
         print(f"  {len(split.train)} train images ({len(split.train_anomalous)} anomalous"
               f"{f', {weak} with image labels only' if weak else ''}), "
-              f"{len(split.test)} test images, size {split.image_size[0]}x{split.image_size[1]}; {regime} supervision")
+              f"{len(split.test)} test images, size {split.image_size[0]}x{split.image_size[1]}; regime: {regime}")
         logger = None
         if args.wandb:
             from common.wandb_logger import WandbLogger

@@ -24,6 +24,7 @@ from typing import Any
 if __name__ == "__main__":  # run as a script (the aggregation job): the repository root holds our packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.cli import path_argument  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
 from common.fileio import locked_folder, write_json_atomic  # noqa: E402
 from common.metrics import METRIC_NAMES  # noqa: E402
@@ -173,7 +174,7 @@ def aggregate(folder: Path, log_pattern: str = "") -> tuple[int, str]:
 @exit_on_user_error
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=path_argument)
     parser.add_argument("--log-pattern", default="", help="task log path with %%a for the task index")
     args = parser.parse_args(argv)
     code, report = aggregate(args.folder, args.log_pattern)

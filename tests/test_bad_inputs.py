@@ -395,6 +395,17 @@ def mvtec_without_mask(world: World, case: Path) -> None:
     (case / "datasets" / "mvtec" / "bottle" / "ground_truth" / "hole" / "001_mask.png").unlink()
 
 
+def mvtec_mis_sized_mask(world: World, case: Path) -> None:
+    make_mvtec_category(case / "datasets" / "mvtec" / "bottle")
+    write_mask(case / "datasets" / "mvtec" / "bottle" / "ground_truth" / "hole" / "000_mask.png", defect=True,
+               height=10, width=10)
+
+
+def icpr_layout_checkpoint(world: World, path: Path) -> None:
+    """The good checkpoint, without a card, placed in the ICPR layout (no <ratio>/ folder)."""
+    torch_save(lambda w: w.good_state)(world, path.parent.parent / "weights.pt")
+
+
 def mvtec_command(world: World, case: Path) -> list[str]:
     return ["train.py", "mvtec", "--category", "bottle", "--datasets-folder", str(case / "datasets"),
             "--results-path", str(case / "results"), "--device", "cpu", "--no-progress", "--no-figures", *sets(TINY)]
@@ -454,6 +465,8 @@ CASES = [
     Case("mvtec-unknown-category", train("mvtec", "--category", "nope"), ("unknown mvtec categories",)),
     Case("mvtec-category-absent", train("mvtec", "--category", "cable"), ("category 'cable' not found",)),
     Case("mvtec-mask-missing", with_setup(mvtec_without_mask, mvtec_command), ("001_mask.png", "missing")),
+    Case("mvtec-mask-size-mismatch", with_setup(mvtec_mis_sized_mask, mvtec_command),
+         ("000_mask.png", "must have the size of their image")),
     Case("folder-without-category", train("folder"), ("--category",)),
     Case("folder-category-climbs-out", lambda w, c: [  # would train on ../../widget and write outside the results
         "train.py", "folder", "--category", "../../widget", "--datasets-folder", str(w.datasets / "widget" / "good"),
@@ -475,7 +488,9 @@ CASES = [
          ("split_weakly_246.pyb", "(train, test)")),
     # --- checkpoints (eval.py) ---
     Case("eval-checkpoint-missing", command_with(eval_(), "--weights-path", in_case("no_weights")),
-         ("weights.pt not found",)),
+         ("weights.pt not found", "weights/README.md")),
+    Case("eval-icpr-layout-checkpoint-as-journal", eval_with_checkpoint(icpr_layout_checkpoint),
+         ("widget/1/weights.pt not found", "widget/weights.pt is there", "--version icpr")),
     Case("eval-checkpoint-garbage", eval_with_checkpoint(bytes_of(b"not a checkpoint at all")), ("weights.pt",)),
     Case("eval-checkpoint-truncated", eval_with_checkpoint(bytes_of(truncated_checkpoint)), ("weights.pt", "corrupt")),
     Case("eval-checkpoint-empty-file", eval_with_checkpoint(bytes_of(b"")), ("weights.pt",)),

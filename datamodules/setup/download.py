@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from common.cli import path_argument
 from common.errors import OneLineArgumentParser, UserError, exit_on_user_error
 from common.fileio import check_writable_dir, file_digest, make_temporary_dir, process_start_time
 from datamodules.setup.archives import extract_archive, flatten_message, merge_move
@@ -224,8 +225,8 @@ def archive_argument_parser(description: str, epilog: str, archive_name: str) ->
         description=description,
         epilog=epilog,
     )
-    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
-    parser.add_argument("--archive", type=Path, help=f"an already downloaded {archive_name} (no download)")
+    parser.add_argument("--datasets-folder", type=path_argument, default=Path("./datasets"), help="default: ./datasets")
+    parser.add_argument("--archive", type=path_argument, help=f"an already downloaded {archive_name} (no download)")
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
     return parser
 

@@ -16,6 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_ksdd2.py` runs from anywhere
 
+from common.cli import path_argument  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from common.fileio import atomic_path, check_writable_dir  # noqa: E402
 from datamodules.setup import download  # noqa: E402
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ARCHIVE_NAME,
     )
     parser.add_argument(
-        "--splits-dir", type=Path,
+        "--splits-dir", type=path_argument,
         help="a folder with published split_weakly_<N>.pyb files to use instead of generated ones",
     )
     return parser.parse_args(argv)

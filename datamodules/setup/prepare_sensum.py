@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # so `python datamodules/setup/prepare_sensum.py` runs from anywhere
 
 from common.catalog import dataset_entry  # noqa: E402
+from common.cli import path_argument  # noqa: E402
 from common.errors import OneLineArgumentParser, UserError  # noqa: E402
 from common.fileio import check_writable_dir  # noqa: E402
 from datamodules.setup import download  # noqa: E402
@@ -90,9 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "ask its authors for a copy, then pass it with --source DIR."
         ),
     )
-    parser.add_argument("--datasets-folder", type=Path, default=Path("./datasets"), help="default: ./datasets")
+    parser.add_argument("--datasets-folder", type=path_argument, default=Path("./datasets"), help="default: ./datasets")
     parser.add_argument(
-        "--source", type=Path, help="your SensumSODF copy (the folder with capsule/, softgel/, sensum_splits/)"
+        "--source", type=path_argument, help="your SensumSODF copy (the folder with capsule/, softgel/, sensum_splits/)"
     )
     return parser.parse_args(argv)
 

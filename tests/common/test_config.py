@@ -272,3 +272,61 @@ def test_docs_settings_table_is_the_settings_table():
     assert text[start:end].strip() == settings_table()
     assert "| `num_segmented` | ksdd2 only |" in settings_table()
     assert "| `folds` | sensum only |" in settings_table()
+
+
+def test_seeds_are_what_numpy_accepts_with_every_run_id():
+    import numpy as np
+
+    from common.config import MAX_SEED, check_seed_for_runs
+
+    np.random.seed(MAX_SEED)  # the largest accepted seed is one numpy takes
+    with pytest.raises(ValueError):
+        np.random.seed(MAX_SEED + 1)
+    assert build_config("mvtec", overrides=[f"seed={MAX_SEED}"])["seed"] == MAX_SEED
+    with pytest.raises(UserError, match="seed must be an integer in"):
+        build_config("mvtec", overrides=["seed=99999999999999999999"])
+    check_seed_for_runs(MAX_SEED - 4, [0, 2, 4])
+    with pytest.raises(UserError, match=f"seed={MAX_SEED - 4} with run id 5 gives seed {MAX_SEED + 1}"):
+        check_seed_for_runs(MAX_SEED - 4, [0, 5])
+
+
+@pytest.mark.parametrize("text, lines", [
+    ("epochs: 3\nbatch: 4\nepochs: 5\n", (1, 3)),
+    ("image_size: [64, 64]\nimage_size: [32, 32]\n", (1, 2)),
+    ("epochs: 3\n# a comment\n\n'epochs': 3\n", (1, 4)),  # the same value twice is still twice
+])
+def test_a_settings_file_with_a_key_twice_is_an_error_naming_both_lines(tmp_path, text, lines):
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    key = text.split(":")[0]
+    with pytest.raises(UserError) as caught:
+        build_config("mvtec", config_file=path)
+    assert str(caught.value) == (f"config file {path}: '{key}' is given twice (lines {lines[0]} and {lines[1]}); "
+                                 "keep one of them")
+
+
+def test_a_settings_file_without_duplicates_still_loads(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("epochs: 3\ndt: [3, 2]\nimage_size: [64, 32]\n")
+    config = build_config("ksdd2", config_file=path)
+    assert (config["epochs"], config["dt"], config["image_size"]) == (3, [3, 2], [64, 32])
+
+
+@pytest.mark.parametrize("dataset, overrides, with_masks, labels_only, regime", [
+    ("mvtec", [], 0, 0, "unsupervised"),
+    ("ksdd2", ["num_segmented=0"], 0, 246, "weak"),
+    ("ksdd2", ["num_segmented=53"], 53, 193, "mixed"),
+    ("ksdd2", ["num_segmented=53"], 53, 0, "mixed"),  # ICPR drops the unlabelled positives: still the mixed setup
+    ("ksdd2", [], 246, 0, "full"),
+    ("sensum", ["ratio_segmented=0.4"], 4, 6, "mixed"),
+    ("sensum", ["ratio_segmented=1"], 10, 0, "full"),
+    ("sensum", ["ratio_segmented=0"], 0, 10, "weak"),
+    ("folder", [], 0, 0, "unsupervised"),
+    ("folder", [], 0, 3, "weak"),
+    ("folder", [], 2, 3, "mixed"),
+    ("folder", [], 2, 0, "full"),
+])
+def test_supervision_regime_as_the_papers_name_it(dataset, overrides, with_masks, labels_only, regime):
+    from common.config import supervision_regime
+
+    assert supervision_regime(dataset, build_config(dataset, overrides=overrides), with_masks, labels_only) == regime

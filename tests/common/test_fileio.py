@@ -185,3 +185,62 @@ def test_check_writable_dir_refuses_a_read_only_folder(tmp_path):
             check_writable_dir(target, "--output-dir")
     finally:
         os.chmod(target, 0o755)
+
+
+# ---------------------------------------------------------------- names, space, full disks
+
+
+@pytest.mark.parametrize("name, plain", [
+    ("bottle", True), ("metal_nut", True), ("capsule_1", True), ("a b", True), ("résumé", True),
+    ("", False), (".", False), ("..", False), (".hidden", False), ("../x", False), ("a/b", False),
+    ("/abs", False), ("a\\b", False), ("a\0b", False), ("a\nb", False),
+])
+def test_plain_names_stay_where_they_are_put(name, plain):
+    assert fileio.is_plain_name(name) is plain
+    if plain:
+        assert fileio.check_plain_name(name, "--category") == name
+    else:
+        with pytest.raises(UserError, match="--category .* is not a plain name"):
+            fileio.check_plain_name(name, "--category")
+
+
+def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "weights.pt"
+    target.write_bytes(b"old")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", no_space)
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 1_500)
+    with pytest.raises(fileio.DiskFull) as caught:
+        fileio.write_bytes_atomic(target, b"x" * 2_500_000)
+    assert str(caught.value) == (f"no space left on the device for {target} (2.5 MB needed, 1.5 KB free); "
+                                 "nothing partial was kept")
+    assert isinstance(caught.value, UserError) and caught.value.path == target
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]
+
+
+def test_other_write_errors_are_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(fileio.os, "replace", denied)
+    with pytest.raises(PermissionError):
+        fileio.write_text_atomic(tmp_path / "a.txt", "text")
+
+
+def test_free_space_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 10_000_000)
+    fileio.check_free_space(tmp_path / "not" / "yet", 9_000_000, "training x")  # enough: nothing happens
+    with pytest.raises(UserError, match=r"not enough free space in .*: 10.0 MB free, training x writes about 12.0 MB"):
+        fileio.check_free_space(tmp_path, 12_000_000, "training x")
+
+
+def test_free_bytes_looks_at_the_nearest_existing_folder(tmp_path):
+    assert fileio.free_bytes(tmp_path / "a" / "b" / "c") == fileio.free_bytes(tmp_path) > 0
+
+
+def test_format_bytes():
+    assert [fileio.format_bytes(n) for n in (0, 999, 1_000, 1_536, 2_500_000, 7.2e9, 3e15)] == [
+        "0 bytes", "999 bytes", "1.0 KB", "1.5 KB", "2.5 MB", "7.2 GB", "3000.0 TB"]

@@ -213,3 +213,30 @@ def test_summary_names_the_regime(unmasked, simple):
         in mixed
     )
     assert validate_folder(simple.parent, "parts").splitlines()[7] == "training: fully supervised (2 defects with masks in train)"
+
+
+def test_validate_warns_about_masks_of_no_image_and_tiny_images(simple):
+    write_mask(simple / "masks" / "d7.png", defect=True)  # no defect/d7.*
+    write_mask(simple / "masks" / "g0_mask.png", defect=True)  # a good image's name: still no defect image
+    write_image(simple / "good" / "dot.png", seed=50, height=1, width=1)
+    write_image(simple / "good" / "strip.png", seed=51, height=4, width=40)
+    report = validate_folder(simple.parent, "parts").splitlines()
+    warnings = [line for line in report if line.startswith("warning:")]
+    assert warnings == [
+        "warning: 2 mask(s) belong to no defect image and are not used: masks/d7.png, masks/g0_mask.png; "
+        "check their names (masks/<stem>.png or <stem>_mask.png)",
+        "warning: 2 image(s) have a side under 8 px (good/dot.png is 1x1 and 1 more): they are blown up to the "
+        "input size and carry almost no detail",
+    ], report
+
+
+def test_validate_has_no_such_warning_for_a_clean_folder(simple, mvtec_like):
+    for base in (simple, mvtec_like):
+        report = validate_folder(base.parent, base.name)
+        assert "belong to no defect image" not in report and "side under" not in report
+
+
+def test_mvtec_layout_orphan_masks_are_reported(mvtec_like):
+    write_mask(mvtec_like / "ground_truth" / "crack" / "009_mask.png", defect=True)
+    report = validate_folder(mvtec_like.parent, "widget")
+    assert "warning: 1 mask(s) belong to no defect image and are not used: ground_truth/crack/009_mask.png;" in report

@@ -245,3 +245,47 @@ def test_dump_refuses_objects_that_are_not_plain(tmp_path):
     with pytest.raises(TypeError):
         dump_plain_pickle(tmp_path / "x.pyb", [{"a": 1}])
     assert not (tmp_path / "x.pyb").exists()
+
+
+# ---------------------------------------------------------------- the allowlist itself
+
+
+def test_the_allowlist_is_exactly_the_documented_stand_ins():
+    """Every global a split file may name, and what answers it: our stand-ins, never numpy or codecs."""
+    from datamodules import safe_pickle
+
+    assert safe_pickle.ALLOWED_GLOBALS == {
+        ("numpy.core.multiarray", "scalar"): safe_pickle._numpy_scalar,
+        ("numpy._core.multiarray", "scalar"): safe_pickle._numpy_scalar,
+        ("numpy", "dtype"): safe_pickle._numpy_dtype,
+        ("_codecs", "encode"): safe_pickle._latin1_encode,
+    }
+    assert all(function.__module__ == "datamodules.safe_pickle" for function in safe_pickle.ALLOWED_GLOBALS.values())
+
+
+def _global_call(module: str, name: str, *args) -> bytes:
+    """A protocol-2 pickle that calls module.name(*args) while loading (written by hand: GLOBAL, args, REDUCE)."""
+    return (b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n"
+            + pickle.dumps(tuple(args), protocol=2)[2:-1] + b"R.")
+
+
+@pytest.mark.parametrize("module, name, args", [
+    ("builtins", "eval", ("__import__('pathlib').Path({marker!r}).write_text('pwned')",)),
+    ("builtins", "exec", ("import pathlib; pathlib.Path({marker!r}).write_text('pwned')",)),
+    ("builtins", "getattr", ("{marker}", "upper")),
+    ("subprocess", "Popen", (["touch", "{marker}"],)),
+    ("os", "system", ("touch {marker}",)),
+    ("numpy", "load", ("{marker}",)),
+])
+def test_payloads_built_on_eval_exec_getattr_and_popen_are_refused(tmp_path, module, name, args):
+    marker = tmp_path / "marker"
+    filled = tuple(a.format(marker=str(marker)) if isinstance(a, str) else [x.format(marker=str(marker)) for x in a]
+                   for a in args)
+    path = tmp_path / "split.pyb"
+    path.write_bytes(_global_call(module, name, *filled))
+    with pytest.raises(UserError, match="contains objects other than"):
+        load_plain_pickle(path)
+    assert not marker.exists()
+    if (module, name) in (("builtins", "eval"), ("builtins", "exec"), ("os", "system")):
+        pickle.loads(path.read_bytes())  # control: the payload is real, plain pickle runs it
+        assert marker.exists()

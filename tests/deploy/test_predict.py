@@ -222,7 +222,12 @@ def test_calibration_stores_thresholds_in_model_yaml_and_predict_uses_them(check
     scores = np.array([float(row["score"]) for row in rows.values()])
     # the same images predicted: the stored threshold is the quantile rule on their scores
     assert thresholds["image"] == pytest.approx(threshold_at_fpr(scores, 0.1), abs=1e-6)
-    assert sum(float(row["score"]) > thresholds["image"] for row in rows.values()) <= 1  # floor(0.1 * 12) = 1
+    # what predict.py decided on the very images the threshold came from: strictly above it (one image
+    # sits exactly at it), so at most floor(fpr x n) = floor(0.1 x 12) = 1 normal image is a defect
+    decisions = [row["decision"] for row in rows.values()]
+    assert decisions.count("defect") <= 1 and len(decisions) == 12, decisions
+    assert any(float(row["score"]) == pytest.approx(thresholds["image"], abs=1e-7) for row in rows.values())
+    assert json.loads((output / "summary.json").read_text())["defects"] == decisions.count("defect")
     for row in rows.values():
         assert row["calibration"].startswith("calibrated") and float(row["image_threshold"]) == pytest.approx(
             thresholds["image"], abs=1e-6)
@@ -309,3 +314,46 @@ def test_nothing_to_do_and_no_images_are_errors(checkpoint, tmp_path, capsys):
     code, _, err = run_predict(["--weights", str(checkpoint), str(tmp_path / "empty"), "--output",
                                 str(tmp_path / "o"), "--no-progress"], capsys)
     assert code == 2 and "no images found" in err
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header claims width x height (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    ok, encoded = cv2.imencode(".png", np.zeros((2, 2), np.uint8))
+    data = bytearray(encoded.tobytes())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+def test_images_over_max_pixels_are_skipped_unread_and_listed(checkpoint, tmp_path, capsys):
+    from deploy.images import DEFAULT_MAX_PIXELS, image_pixels
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    cv2.imwrite(str(folder / "small.png"), (rng.random((60, 80, 3)) * 255).astype(np.uint8))
+    cv2.imwrite(str(folder / "large.png"), (rng.random((100, 120, 3)) * 255).astype(np.uint8))
+    (folder / "bomb.png").write_bytes(png_claiming(20000, 20000))
+    assert image_pixels(folder / "bomb.png") == 400_000_000 > DEFAULT_MAX_PIXELS
+    assert image_pixels(folder / "large.png") == 12_000
+
+    code, out, err = run_predict(["--weights", str(checkpoint), str(folder), "--output", str(tmp_path / "out"),
+                                  "--max-pixels", "10000", "--no-progress"], capsys)
+    assert code == 0
+    assert list(read_rows(tmp_path / "out" / "predictions.csv")) == [str(folder / "small.png")]
+    with open(tmp_path / "out" / "skipped.csv", newline="") as handle:
+        skipped = {row["path"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(skipped) == {str(folder / "bomb.png"), str(folder / "large.png")}
+    assert "has 400.0 megapixels, more than --max-pixels 10000" in skipped[str(folder / "bomb.png")]
+    assert "has 0.0 megapixels, more than --max-pixels 10000" in skipped[str(folder / "large.png")]
+    assert err.count("skipped: ") == 2 and "Traceback" not in err
+
+    # with the default limit the bomb is still refused before any decoding; the 12 000-pixel image is predicted
+    code, out, err = run_predict(["--weights", str(checkpoint), str(folder), "--output", str(tmp_path / "out2"),
+                                  "--no-progress"], capsys)
+    assert code == 0 and len(read_rows(tmp_path / "out2" / "predictions.csv")) == 2
+    assert "bomb.png has 400.0 megapixels, more than --max-pixels 100000000" in err

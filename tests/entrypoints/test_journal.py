@@ -6,11 +6,13 @@ weak regime, and ICPR's num_segmented=0 (unsupervised) on the same tree."""
 import contextlib
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import eval as eval_cli
 import train as train_cli
@@ -81,6 +83,11 @@ def test_weak_regime_writes_the_journal_layout(weak_run):
     assert len(weights) == 19 and not any(k.startswith("feature_extractor") for k in weights)
     rows = read_csv(results / "ksdd2" / "0" / "last.csv")
     assert len(rows) == 1 and rows[0]["category"] == "ksdd2" and rows[0]["version"] == "jims"
+    assert rows[0]["regime"] == "weak"  # recorded in last.csv, scores.json and model.yaml
+    assert json.loads((results / "scores" / "ksdd2" / "ksdd2" / "0" / "scores.json").read_text())["regime"] == "weak"
+    card = yaml.safe_load((results / "checkpoints" / "ksdd2" / "ksdd2" / "0" / "model.yaml").read_text())
+    assert card["regime"] == {"name": "weak", "defects_with_masks": 0, "defects_with_labels_only": 3,
+                              "normal_images": 6}
     assert all(0.0 <= float(rows[0][m]) <= 1.0 for m in METRIC_NAMES)
     assert not (results / "ksdd2" / "last.csv").exists()  # no ICPR-layout file
 
@@ -129,6 +136,40 @@ def test_sensum_mixed_run_writes_ratio_folder(tmp_path):
     assert (run / "checkpoints" / "sensum" / "capsule_0" / "0.5" / "weights.pt").is_file()
     rows = read_csv(run / "sensum" / "0.5" / "last.csv")
     assert [row["category"] for row in rows] == ["capsule"]
+
+
+def test_sensum_card_holds_the_category_size_and_eval_and_predict_need_nothing_more(tmp_path, capsys):
+    """SensumSODF sizes its categories itself (softgel 144 x 144; the image_size setting stays []): the
+    card records the model's size, and eval.py and predict.py work from the card alone."""
+    import predict as predict_cli
+
+    root = tmp_path / "datasets" / "SensumSODF"
+    make_sensum_category(root, "softgel", num_negative=5, num_positive=2)
+    write_sensum_split(root, "softgel", 0, "train", "neg.pckl", [(i, True) for i in range(3)])
+    write_sensum_split(root, "softgel", 0, "train", "pos_100.pckl", [(0, True)])
+    write_sensum_split(root, "softgel", 0, "test", "neg.pckl", [(3, True), (4, True)])
+    write_sensum_split(root, "softgel", 0, "test", "pos.pckl", [(1, True)])
+    model = ["backbone=resnet18", "pretrained=false", "folds=[0]"]
+    run_main(train_cli.main, ["sensum", "--category", "softgel_0", "--datasets-folder", str(tmp_path / "datasets"),
+                              "--results-path", str(tmp_path / "results"), "--device", "cpu", "--no-progress",
+                              "--no-figures", *sets([*model, "epochs=1", "batch=4", "num_workers=0"])])
+    folder = tmp_path / "results" / "superSimpleNet" / "checkpoints" / "sensum" / "softgel_0" / "1"
+    card = yaml.safe_load((folder / "model.yaml").read_text())
+    assert card["image_size"] == [144, 144] and card["settings"]["image_size"] == []
+
+    capsys.readouterr()
+    run_main(eval_cli.main, ["--datasets", "sensum", "--category", "softgel_0", "--from-training",
+                             str(tmp_path / "results"), "--datasets-folder", str(tmp_path / "datasets"),
+                             "--results-path", str(tmp_path / "eval"), "--device", "cpu", "--num-workers", "0",
+                             "--no-progress", *sets(model)])
+    evaluated = read_csv(tmp_path / "eval" / "0" / "1" / "sensum" / "last.csv")
+    trained = read_csv(tmp_path / "results" / "superSimpleNet" / "sensum" / "1" / "last.csv")
+    assert evaluated[0]["I-AUROC"] == trained[0]["I-AUROC"] and evaluated[0]["fold"] == "0"
+
+    predict_cli.main(["--weights", str(folder / "weights.pt"), str(root / "softgel" / "negative" / "data" / "003.png"),
+                      "--output", str(tmp_path / "predicted"), "--device", "cpu", "--no-progress"])
+    assert "input 144x144" in capsys.readouterr().out
+    assert (tmp_path / "predicted" / "predictions.csv").is_file()
 
 
 # --- one training step of the weak regime ---------------------------------------------------------

@@ -53,6 +53,63 @@ def test_card_records_version_size_backbone_seed_and_settings(trained):
     assert card["backbone_weights"] == "random"
     assert card["settings"]["epochs"] == 1 and card["settings"]["image_size"] == [48, 48]
     assert card["thresholds"] == {}
+    # the mvtec-layout folder has defects only in test: unsupervised, 5 normal training images
+    assert card["regime"] == {"name": "unsupervised", "defects_with_masks": 0, "defects_with_labels_only": 0,
+                              "normal_images": 5}
+
+
+def test_card_records_its_weights_and_a_digest_of_every_field(trained):
+    import hashlib
+
+    from model.card import field_digests
+
+    folder = trained[0] / "results/superSimpleNet_run1/checkpoints/folder/widget/1"
+    card = yaml.safe_load((folder / "model.yaml").read_text())
+    assert card["weights_sha256"] == hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest()
+    digests = card["digests"]
+    assert digests == field_digests(card)
+    assert {"version", "image_size", "regime", "thresholds", "settings.seed", "settings.backbone"} <= set(digests)
+    assert not {"format", "weights_sha256", "digests", "settings"} & set(digests)
+    assert all(len(value) == 8 for value in digests.values())
+
+
+def _copy_checkpoint(trained, tmp_path):
+    import shutil
+
+    source = trained[0] / "results/superSimpleNet_run1/checkpoints/folder/widget/1"
+    target = tmp_path / "model"
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_hand_edited_card_warns_once_and_is_used_as_it_says(trained, tmp_path, capsys):
+    import predict as predict_cli
+
+    folder = _copy_checkpoint(trained, tmp_path)
+    text = (folder / "model.yaml").read_text()
+    assert "image_size: [48, 48]" in text
+    (folder / "model.yaml").write_text(text.replace("image_size: [48, 48]", "image_size: [32, 32]", 1))
+    images = trained[1] / "mvtec" / "widget" / "test" / "good"
+    predict_cli.main(["--weights", str(folder / "weights.pt"), str(images), "--output", str(tmp_path / "out"),
+                      "--device", "cpu", "--no-progress"])
+    printed = capsys.readouterr()
+    warnings = [line for line in printed.err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {folder / 'model.yaml'} was edited by hand after it was written (image_size "
+                        "changed); using it as it says"], printed.err
+    assert "input 32x32" in printed.out  # the card as edited, not the 48 x 48 it was trained at
+
+
+def test_a_card_copied_from_other_weights_is_refused(trained, tmp_path):
+    from model.card import read_model_card
+
+    folder = _copy_checkpoint(trained, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "weights.pt").write_bytes((folder / "weights.pt").read_bytes()[:-8] + b"\0" * 8)
+    (other / "model.yaml").write_text((folder / "model.yaml").read_text())
+    with pytest.raises(UserError, match="model.yaml describes other weights: it records weights.pt SHA-256"):
+        read_model_card(other / "weights.pt")
+    assert read_model_card(folder / "weights.pt")["unit"] == "widget"  # the original pair is fine
 
 
 def test_eval_reproduces_training_without_repeating_settings(trained, tmp_path):

@@ -156,3 +156,16 @@ def test_a_signal_during_start_up_stops_after_the_first_epoch(tmp_path, monkeypa
             signal.signal(number, handler)
     assert code == EXIT_PREEMPTED
     assert (_weights(results, dataset_args) / "resume.pt").is_file()
+
+
+def test_resume_file_is_written_after_every_checkpoint_every_epochs(tmp_path, monkeypatch):
+    datasets = make_mvtec_tree(tmp_path / "datasets", category="bottle")
+    written = []
+    original = engine.fit.save_resume
+    monkeypatch.setattr(engine.fit, "save_resume", lambda path, next_epoch, *a: written.append(next_epoch) or
+                        original(path, next_epoch, *a))
+    argv = ["mvtec", "--category", "bottle", "--datasets-folder", str(datasets), "--results-path",
+            str(tmp_path / "results"), "--device", "cpu", "--no-progress", "--no-figures",
+            *_sets([*TINY, "image_size=[32,32]", "epochs=7", "checkpoint_every=3", "eval_step_size=10"])]
+    assert _run(argv) == 0
+    assert written == [3, 6]  # after epochs 3 and 6; never after the last one (weights.pt is written then)

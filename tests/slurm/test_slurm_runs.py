@@ -7,9 +7,10 @@ plainly and writes what train.py writes (that test needs no cluster).
 
 The module fixture submits B first and waits until both its tasks run (the node has few CPUs),
 then A and C, which share the node's CPUs with what is left of B:
-  B  demo fabric+metal run 0, 3 epochs, checkpoint_every=1: TERM to task 0 once its first resume.pt exists
+  B  demo fabric+metal run 0, 3 epochs, checkpoint_every=1: TERM to the task whose job id is the
+     array's (Slurm gives it to one of the tasks) once its first resume.pt exists
   A  demo fabric+metal, runs 0-1, 2 epochs, 64x64 (4 tasks) + aggregation
-  C  demo fabric run 0 as in B, uninterrupted (the reference)
+  C  B's units, uninterrupted (the reference)
 """
 
 import json
@@ -17,6 +18,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,18 +68,32 @@ def jobs(slurm_cluster, tmp_path_factory):
 
     ensure_demo_dataset(tmp / "datasets")  # once, so the three submissions below can list their units at once
     jobs = {"B": submitted(start_submission(tmp, "B", "--set", "epochs=3"))}
-    # B's two tasks must run side by side when task 0 is preempted: only then are the others submitted
-    wait_for(lambda: [r["JobState"] for r in job_records(jobs["B"]["array"])] == ["RUNNING", "RUNNING"], 240,
-             "both tasks of B to run", interval=0.5)
+    jobs["B"]["preempted"] = preempt_the_task_named_like_the_array(tmp, jobs["B"]["array"])
     processes = {  # submitted side by side: the manifests are built in parallel
         "A": start_submission(tmp, "A", "--runs", "0-1", "--set", "epochs=2", "--max-parallel", "2"),
-        "C": start_submission(tmp, "C", "--category", "fabric", "--set", "epochs=3"),
+        "C": start_submission(tmp, "C", "--set", "epochs=3"),
     }
     jobs.update({name: submitted(process) for name, process in processes.items()})
     yield tmp, jobs
     print(f"slurm runs: {time.monotonic() - started:.0f} s from the first submission")
     ids = [j[k] for j in jobs.values() for k in ("array", "aggregate")]
     subprocess.run(["scancel", *ids], timeout=30)
+
+
+def preempt_the_task_named_like_the_array(tmp: Path, array: str) -> dict:
+    """Once both tasks of B run, TERM (as on preemption) to the one whose own job id is the array's
+    (requeueing that id would restart every task), as soon as its first resume.pt is there, that is
+    during its second of three epochs, while its sibling runs. Returns what the test checks."""
+    wait_for(lambda: [r["JobState"] for r in job_records(array)] == ["RUNNING", "RUNNING"], 240,
+             "both tasks of B to run", interval=0.5)
+    [named] = [r for r in job_records(array) if r["JobId"] == array]
+    index = int(named["ArrayTaskId"])
+    unit = ("fabric", "metal")[index]
+    unit_dir = tmp / "B" / "demo" / "checkpoints" / "demo" / unit / "1"
+    wait_for(lambda: (unit_dir / "resume.pt").is_file(), 240, "B's first resume.pt", interval=0.1)
+    [sibling] = job_records(f"{array}_{1 - index}")
+    sh("scancel", "--signal=TERM", "--batch", f"{array}_{index}")
+    return {"index": index, "unit": unit, "unit_dir": unit_dir, "sibling_state": sibling["JobState"]}
 
 
 def log_text(tmp: Path) -> str:
@@ -101,28 +117,23 @@ def test_submission_has_the_requested_shape(jobs):
 
 
 @pytest.mark.slurm
-def test_preempted_first_task_alone_is_requeued_and_ends_as_an_uninterrupted_run(jobs):
+def test_a_preempted_task_is_requeued_alone_and_ends_as_an_uninterrupted_run(jobs):
     tmp, submitted = jobs
-    array = submitted["B"]["array"]
-    task, sibling = f"{array}_0", f"{array}_1"
-    [first] = job_records(task)
-    assert first["JobId"] == array, first  # the task whose job id names the whole array
-    unit_dir = tmp / "B" / "demo" / "checkpoints" / "demo" / "fabric" / "1"
-    wait_for(lambda: (unit_dir / "resume.pt").is_file(), 240, "B's first resume.pt", interval=0.2)
-    [running] = job_records(sibling)
-    assert running["JobState"] == "RUNNING", running  # preempted while its sibling runs
-    sh("scancel", "--signal=TERM", "--batch", task)
+    array, preempted = submitted["B"]["array"], submitted["B"]["preempted"]
+    index, unit, unit_dir = str(preempted["index"]), preempted["unit"], preempted["unit_dir"]
+    task, sibling = f"{array}_{index}", f"{array}_{1 - int(index)}"
+    assert preempted["sibling_state"] == "RUNNING", preempted  # preempted while its sibling ran
     [b] = wait_done(submitted["B"]["aggregate"], 400)
     assert b["JobState"] == "COMPLETED", (b, log_text(tmp))
     [record] = job_records(task)
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", record
     [other] = job_records(sibling)
     assert other["JobState"] == "COMPLETED" and other["Restarts"] == "0", other  # never touched
-    status = (Path(submitted["B"]["manifest"]) / "status" / "0").read_text().split("\n")
+    status = (Path(submitted["B"]["manifest"]) / "status" / index).read_text().split("\n")
     assert [line.split()[2] for line in status if line] == ["3", "0"], status  # preempted, then done
-    sibling_status = (Path(submitted["B"]["manifest"]) / "status" / "1").read_text().split("\n")
+    sibling_status = (Path(submitted["B"]["manifest"]) / "status" / str(1 - int(index))).read_text().split("\n")
     assert [line.split()[2] for line in sibling_status if line] == ["0"], sibling_status  # one attempt
-    log = next((tmp / "logs").glob(f"*-{array}_0.out")).read_text()
+    log = next((tmp / "logs").glob(f"*-{array}_{index}.out")).read_text()
     assert f"requeueing task {task} (this task only)" in log and f"requeued {task}" in log, log
     assert "resumed from" in log and "submit the same command again" not in log, log
     assert not (unit_dir / "resume.pt").exists()
@@ -131,7 +142,7 @@ def test_preempted_first_task_alone_is_requeued_and_ends_as_an_uninterrupted_run
 
     [c] = wait_done(submitted["C"]["aggregate"], 300)
     assert c["JobState"] == "COMPLETED", (c, log_text(tmp))
-    reference = tmp / "C" / "demo" / "checkpoints" / "demo" / "fabric" / "1" / "weights.pt"
+    reference = tmp / "C" / "demo" / "checkpoints" / "demo" / unit / "1" / "weights.pt"
     assert (unit_dir / "weights.pt").read_bytes() == reference.read_bytes()
 
 
@@ -196,7 +207,7 @@ def test_without_slurm_it_runs_plainly_with_train_py_outputs(tmp_path):
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert "no sbatch on PATH: running plainly" in plain.stderr, plain.stderr
     assert "1/1 unit(s) x run(s) complete" in plain.stdout, plain.stdout
-    direct = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "train.py", "demo", "--run-id", "1", *options,
+    direct = subprocess.run([sys.executable, "train.py", "demo", "--run-id", "1", *options,
                              "--no-progress", "--results-path", str(tmp_path / "direct")],
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert direct.returncode == 0, direct.stdout + direct.stderr
@@ -224,6 +235,21 @@ def test_no_slurm_setting_and_argument_errors(tmp_path):
         result = subprocess.run(["bash", str(REPO / "run_slurm_train.sh"), "demo", *bad], capture_output=True,
                                 text=True, env=env, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+    # options train.py / eval.py would refuse are refused here, before anything is written or submitted
+    for script, arguments, message in (
+            ("run_slurm_train.sh", ["demo", "--bogus"], "unrecognized arguments: --bogus (see run_slurm_train.sh"),
+            ("run_slurm_train.sh", ["demo", "--no-figures", "--resume", "never"], "--resume"),
+            ("run_slurm_train.sh", ["demo", "--category", "../up"], "--category '../up' is not a plain name"),
+            ("run_slurm_eval.sh", ["--datasets", "demo", "--bogus"], "unrecognized arguments: --bogus"),
+            ("run_slurm_eval.sh", ["--datasets", "demo", "--save-images", "--batch", "x"], "--batch")):
+        for slurm in ("1", "0"):  # submitting, or running plainly
+            result = subprocess.run(["bash", str(REPO / script), *arguments, "--datasets-folder", str(tmp_path / "d2"),
+                                     "--results-path", str(tmp_path / "r2")], capture_output=True, text=True,
+                                    env={**env, "SSN_NO_SLURM": slurm}, timeout=300)
+            assert result.returncode == 2, (script, arguments, result.stdout, result.stderr)
+            [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert message in line, line
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "d2").exists()
 
 
 def test_resources_no_gpu_unless_asked(tmp_path):
@@ -235,7 +261,12 @@ def test_resources_no_gpu_unless_asked(tmp_path):
         env.pop(key, None)
     plain = subprocess.run(base, capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 0, plain.stderr
+    # a dry run writes nothing (no manifest, no logs, not even the demo dataset) and submits nothing
+    assert not any((tmp_path / name).exists() for name in ("r", "d", "logs")), list(tmp_path.iterdir())
+    assert "dry run: nothing was written and nothing was submitted" in plain.stdout, plain.stdout
+    assert "Manifest (dry run, not written):" in plain.stdout and "submitted array=" not in plain.stdout
     array, aggregation = [line for line in plain.stderr.splitlines() if line.startswith("dry-run: sbatch")]
+    assert "afterany:\\<job-id\\>" in aggregation, aggregation  # no made-up job id
     assert "--gres" not in array and "--gpus" not in array and "--array=0 " in array and "--requeue" in array, array
     assert "--signal=B:USR1@120" in array and "--open-mode=append" in array and "%x-%A_%a.out" in array, array
     assert "--dependency=afterany:" in aggregation and "--kill-on-invalid-dep=yes" in aggregation, aggregation
