@@ -1,0 +1,1 @@
+"""Using a trained model: predictions, thresholds, export, and the report pages of runs and predictions."""
