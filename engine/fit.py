@@ -3,7 +3,7 @@ evaluation (monitoring only), the last-epoch checkpoint, the final evaluation an
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -107,13 +107,16 @@ def fit_unit(
     progress: bool = True,
     logger: Any = None,
     resume: bool = False,
+    after_evaluation: Callable[..., Any] | None = None,
 ) -> tuple[dict[str, float | None], list[str], str]:
     """Train one model on `split`, save its last-epoch checkpoint, evaluate it once more and
     write its scores and figures. Returns (metrics, notes, backbone weights tag).
 
     `resume`: continue from the unit's `resume.pt` when there is one. Every `checkpoint_every`
     epochs, and when SIGTERM/SIGUSR1 arrives (then at the end of the epoch, raising Preempted),
-    `resume.pt` is written; it is removed by the caller once the unit's results are saved."""
+    `resume.pt` is written; it is removed by the caller once the unit's results are saved.
+    `after_evaluation(predictions, values, notes, thresholds, tag)` is called once the final
+    evaluation is done (the run report's unit data)."""
     journal = config["version"] == "jims"
     checkpoint_dir = layout.checkpoint_dir(split.category)
     split, calibration_images = split.hold_out_normals(config["calibration_split"], config["seed"])
@@ -175,6 +178,8 @@ def fit_unit(
     check_finite(predictions, f"the model trained on {split.name}/{split.category}")
     values, notes = evaluate(predictions, split)
     write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"])
+    if after_evaluation is not None:
+        after_evaluation(predictions, values, notes, card["thresholds"], tag)
     if save_figures:
         write_figures(layout.figures_dir(split.category), predictions, progress=progress,
                       pixel_threshold=card["thresholds"].get("pixel"), maps_are_probabilities=journal)
