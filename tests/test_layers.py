@@ -7,8 +7,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # layer of each top-level package of ours; a module may import its own layer or lower ones,
 # except that model/ and datamodules/ are siblings that do not import each other
-LAYERS = {"common": 0, "model": 1, "datamodules": 1, "engine": 2, "perf": 3, "slurm": 3, "entry": 3}
-OURS = {"common", "model", "datamodules", "engine", "perf", "slurm", "train", "eval", "predict", "export"}
+LAYERS = {"common": 0, "model": 1, "datamodules": 1, "deploy": 2, "engine": 2, "perf": 3, "slurm": 3, "entry": 3}
+OURS = {"common", "model", "datamodules", "deploy", "engine", "perf", "slurm", "train", "eval", "predict", "export"}
 ENTRY_POINTS = {"train", "eval", "predict", "export"}
 
 
@@ -21,7 +21,7 @@ def package_of(module: str) -> str | None:
 
 def source_files() -> list[Path]:
     files = [p for p in REPO.glob("*.py")]
-    for package in ("common", "model", "datamodules", "engine", "perf", "slurm"):
+    for package in ("common", "model", "datamodules", "deploy", "engine", "perf", "slurm"):
         files += sorted((REPO / package).rglob("*.py"))
     return files
 
@@ -69,3 +69,11 @@ def test_the_check_sees_imports():
     # the parser must find real arrows, or the tests above would pass on nothing
     found = {(importer, imported) for _, _, importer, imported in arrows()}
     assert {("engine", "model"), ("engine", "datamodules"), ("model", "common"), ("entry", "engine")} <= found
+
+
+def test_deploy_never_imports_engine():
+    # the engine may use deploy/ (report pages), never the other way round
+    wrong = [f"{p}:{line} imports engine" for p, line, importer, imported in arrows()
+             if importer == "deploy" and imported == "engine"]
+    assert not wrong, "\n".join(wrong)
+    assert any(importer == "engine" and imported == "deploy" for _, _, importer, imported in arrows())
