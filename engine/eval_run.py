@@ -131,5 +131,7 @@ def run_evaluation(args: argparse.Namespace) -> None:
     summary_path = args.results_path / "results_avg_std.json"
     write_summary_json(summary_path, summaries, ratios if args.version == "jims" else None)
     print(f"Summary: {summary_path}")
-    if not args.no_report:
-        print(f"Report: {write_summary_report(args.results_path, summaries, ratios, args.version, args.run_ids, run_reports)}")
+    report_page = None if args.no_report else write_summary_report(args.results_path, summaries, ratios, args.version,
+                                                                    args.run_ids, run_reports)
+    if report_page:
+        print(f"Report: {report_page}")

@@ -86,11 +86,15 @@ def pro_plot(fpr: Sequence[float], pro: Sequence[float], limit: float, title: st
     return _png(figure)
 
 
-def _bins(scores: Sequence[float]) -> np.ndarray:
-    values = np.asarray(scores, dtype=np.float64)
-    low = min(0.0, float(values.min())) if values.size else 0.0
-    high = max(1.0, float(values.max())) if values.size else 1.0
-    return np.linspace(low, high, 41)
+def _bins(values: Sequence[float]) -> np.ndarray:
+    """40 bins over the values' own range (and a little around it), so that narrow score
+    distributions are not squeezed into one corner of 0..1."""
+    values = np.asarray(values, dtype=np.float64)
+    if not values.size:
+        return np.linspace(0.0, 1.0, 41)
+    low, high = float(values.min()), float(values.max())
+    margin = max(0.05 * (high - low), 1e-3)
+    return np.linspace(low - margin, high + margin, 41)
 
 
 def score_histogram(normal: Sequence[float], defective: Sequence[float], threshold: float | None, title: str,
@@ -98,7 +102,7 @@ def score_histogram(normal: Sequence[float], defective: Sequence[float], thresho
     """Histograms of the normal and the defective images' scores on one axis, with the decision
     threshold as a vertical line when there is one."""
     figure, axes = _figure(3.6, 2.6)
-    bins = _bins(list(normal) + list(defective))
+    bins = _bins([*normal, *defective, *([] if threshold is None else [threshold])])
     if len(normal):
         axes.hist(normal, bins=bins, color=NORMAL_COLOUR, alpha=0.6, label=f"normal ({len(normal)})")
     if len(defective):

@@ -8,11 +8,13 @@ element through `json_for_script` (no '<', '>' or '&' left: '</script>' cannot e
 """
 
 import base64
+import functools
 import html
 import json
 import string
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from common.fileio import write_text_atomic
@@ -93,3 +95,21 @@ def write_page(path: Path, page: str) -> Path:
     """Write the page atomically (a reader never sees half of it); returns its path."""
     write_text_atomic(Path(path), page)
     return Path(path)
+
+
+def never_fatal(what: str) -> Callable[[Callable], Callable]:
+    """Decorator of the functions the engine calls: a page that cannot be written is one warning
+    line on stderr (and None), never the end of a run whose results are saved or about to be: a
+    report is secondary to the checkpoints and CSVs of a training that took hours."""
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - whatever went wrong, the run goes on
+                message = " ".join(str(error).split())[:300]
+                print(f"warning: {what} not written ({type(error).__name__}: {message}); the results are not "
+                      "affected", file=sys.stderr)
+                return None
+        return guarded
+    return decorate

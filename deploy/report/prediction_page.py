@@ -16,7 +16,7 @@ from typing import Any
 
 from deploy.report.figures import prediction_histogram
 from deploy.report.page import (
-    element, fill, json_for_script, relative_url, script, style, text, void_element, write_page,
+    element, fill, json_for_script, never_fatal, relative_url, script, style, text, void_element, write_page,
 )
 from deploy.report.thumbnails import thumbnail_size
 
@@ -103,6 +103,7 @@ def render_prediction_page(output: Path, rows: list[dict[str, str]], summary: di
         script=script("prediction.js"), built=text(built))
 
 
+@never_fatal("the prediction report")
 def write_prediction_report(output: Path) -> Path | None:
     """Build `<output>/report.html` from the prediction run's files; returns its path (None when
     the folder holds no predictions.csv)."""

@@ -17,7 +17,9 @@ from common.fileio import locked_folder
 from common.metrics import METRIC_NAMES
 from common.results import NOT_AVAILABLE, paper_figures, read_rows
 from deploy.report.header import BACKBONE_WEIGHTS, shared_value
-from deploy.report.page import element, fill, json_for_script, percent, style, text, void_element, write_page
+from deploy.report.page import (
+    element, fill, json_for_script, never_fatal, percent, style, text, void_element, write_page,
+)
 from deploy.report.unit_data import read_unit_data, row_key
 
 REPORT_NAME = "report.html"
@@ -202,6 +204,7 @@ def render_run_page(rows: list[dict[str, str]], units: dict, dataset: str, versi
         data=json_for_script(embedded), built=text(built))
 
 
+@never_fatal("the run report")
 def write_run_report(results_dir: Path, dataset: str, version: str, ratio: str, title: str) -> Path | None:
     """(Re)build `<results_dir>/report.html` from its last.csv and every unit data file, under the
     folder's lock (the one results are merged under); returns its path (None without a last.csv)."""

@@ -9,7 +9,9 @@ from typing import Any
 
 from common.metrics import METRIC_NAMES
 from common.results import paper_figures
-from deploy.report.page import element, fill, json_for_script, percent, relative_url, style, text, write_page
+from deploy.report.page import (
+    element, fill, json_for_script, never_fatal, percent, relative_url, style, text, write_page,
+)
 
 REPORT_NAME = "report.html"
 
@@ -45,6 +47,7 @@ def dataset_section(dataset: str, summary: dict[str, Any], version: str, ratio: 
             + (element("p", "Each run's report: " + links) if links else ""))
 
 
+@never_fatal("the summary report")
 def write_summary_report(results_path: Path, summaries: dict[str, dict], ratios: dict[str, str], version: str,
                          run_ids: list[int], run_reports: dict[str, dict[str, Path]]) -> Path:
     """Write `<results_path>/report.html` for the summaries of eval.py ({dataset: {"avg", "std"}}),

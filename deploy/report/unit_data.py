@@ -26,7 +26,7 @@ from common.results import KEY_COLUMNS, format_value
 from common.visualize import figure_maps
 from deploy.report import figures
 from deploy.report.header import regime, settings_differences, training_counts
-from deploy.report.page import percent
+from deploy.report.page import never_fatal, percent
 from deploy.report.thumbnails import map_overlay_thumbnail, thumbnail_data_uri
 
 UNIT_DATA_FOLDER = "report_units"
@@ -180,9 +180,11 @@ def curve_data(values: dict[str, float | None], reasons: dict[str, str], curves:
     return points, plots
 
 
+@never_fatal("the report data of a unit")
 def write_unit_data(results_dir: Path, unit: UnitDescription, predictions: Any, values: dict[str, float | None],
                     notes: list[str], thresholds: dict[str, Any] | None, backbone_weights: str) -> Path:
-    """Compute and write the unit's report data (see the module docstring); returns its path."""
+    """Compute and write the unit's report data (see the module docstring); returns its path (None,
+    with a warning, when it cannot be written)."""
     maps, masks = np.asarray(predictions.anomaly_maps), np.asarray(predictions.gt_masks)
     scores, labels = np.asarray(predictions.scores, dtype=np.float64), np.asarray(predictions.labels)
     paths = [str(path) for path in predictions.image_paths]

@@ -129,6 +129,49 @@ def test_data_from_another_run_is_not_shown_beside_the_csv(tmp_path):
     assert "from another run" in page and not elements(page, data_curve="roc", src=None)
 
 
+def test_a_report_that_cannot_be_built_is_a_warning_and_the_results_stay(tmp_path, capsys):
+    page_path, _ = build_run(tmp_path)
+    results = page_path.parent
+    before = (results / "last.csv").read_bytes()
+    (results / "report_units" / "unit_a.json").write_text(json.dumps({"format": "supersimplenet-report-unit/1",
+                                                                      "row": {"category": "widget"}}))
+    assert write_run_report(results, "folder", "jims", "1", "damaged") is None
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: the run report not written (KeyError") and warning.count("\n") == 1
+    assert (results / "last.csv").read_bytes() == before and page_path.is_file()
+
+
+def _unit_process(root: str, name: str) -> None:
+    """One 'array task': its own unit's data, row and page rebuild, as train_run does them."""
+    root = Path(root)
+    predictions = fake_predictions(root / name)
+    split = SimpleNamespace(train=[SimpleNamespace(label=0, is_segmented=True)] * 5, info={})
+    values, notes = compute_metrics(predictions.anomaly_maps, predictions.gt_masks, predictions.scores,
+                                    predictions.labels)
+    unit = describe_unit("folder", name, {"category": name}, build_config("folder"), 0, "1", split, "training")
+    assert write_unit_data(root / "results", unit, predictions, values, notes, None, "random") is not None
+    writer = ResultsWriter(METRIC_NAMES, extra_columns=("backbone_weights", "version"))
+    writer.add(name, values, backbone_weights="random", version="jims")
+    writer.save(root / "results")
+    assert write_run_report(root / "results", "folder", "jims", "1", "parallel units") is not None
+
+
+def test_units_of_separate_processes_all_reach_the_page(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_unit_process, args=(str(tmp_path), f"unit_{i}")) for i in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    page = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
+    for index in range(3):  # whichever process built the page last saw every unit's row and data
+        assert len(elements(page, data_unit=f"unit_{index}", data_metric=None)) == len(METRIC_NAMES)
+        assert elements(page, data_unit=f"unit_{index}", data_curve="roc")[0]["tag"] == "img"
+
+
 def test_paper_figures_stand_beside_ours_for_a_paper_dataset(tmp_path):
     page_path, _ = build_run(tmp_path, category="bottle", dataset="mvtec")
     page = page_path.read_text(encoding="utf-8")
