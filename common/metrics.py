@@ -137,15 +137,18 @@ def rank_pixels(anomaly_maps: np.ndarray, gt_masks: np.ndarray) -> RankedScores:
 
 @dataclass(frozen=True)
 class RocCurve:
-    """The ROC curve, as counts, with one vertex per distinct normal score t (highest first).
+    """The ROC curve, as counts, with two vertices per distinct anomalous score t (highest first).
 
-    `false_positives[k]` = normal samples >= t_k; `true_positives_at[k]` = anomalous >= t_k;
-    `true_positives_above[k]` = anomalous > t_k. Coming down from t_(k-1) to t_k the curve rises
-    vertically (the anomalous samples between them) to (FP(t_(k-1)), TP(> t_k)), then runs straight
-    to (FP(t_k), TP(>= t_k)) (the ties at t_k); only these straight segments hold area."""
+    `false_positives_above[k]` / `false_positives_at[k]` = normal samples > t_k / >= t_k, and
+    `true_positives_above[k]` / `true_positives_at[k]` = anomalous samples > t_k / >= t_k. Coming
+    down from t_(k-1) to t_k the curve runs horizontally (the normal scores between them) to
+    (FP(> t_k), TP(> t_k)), then straight across the ties at t_k to (FP(>= t_k), TP(>= t_k)); after
+    the lowest anomalous score it runs horizontally to (N, P). Its size is that of the anomalous
+    set, which for pixels is a small share of all pixels."""
 
     thresholds: np.ndarray
-    false_positives: np.ndarray
+    false_positives_above: np.ndarray
+    false_positives_at: np.ndarray
     true_positives_above: np.ndarray
     true_positives_at: np.ndarray
     negative_count: int
@@ -153,8 +156,7 @@ class RocCurve:
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """(FPR, TPR) of the whole polyline, from (0, 0) to (1, 1), as floats in [0, 1]."""
-        previous = np.r_[0, self.false_positives[:-1]]
-        fp = np.c_[previous, self.false_positives].reshape(-1)
+        fp = np.c_[self.false_positives_above, self.false_positives_at].reshape(-1)
         tp = np.c_[self.true_positives_above, self.true_positives_at].reshape(-1)
         fp = np.r_[0, fp, self.negative_count]
         tp = np.r_[0, tp, self.positive_count]
@@ -165,28 +167,26 @@ def roc_curve_ranked(ranked: RankedScores) -> RocCurve:
     """RankedScores with both classes -> its RocCurve (UndefinedMetricError when a class is missing)."""
     ranked.require_both_classes()
     negatives, positives = ranked.negatives, ranked.positives
-    group_starts = np.flatnonzero(np.r_[True, negatives[1:] != negatives[:-1]])
-    ascending = negatives[group_starts]
-    # Anomalous samples below each threshold t_k, counted by placing every anomalous score among the
-    # (often far more numerous) distinct normal scores: P log G work instead of G log P.
-    # An anomalous score p lies below t_k when fewer than k + 1 thresholds are <= p.
-    below = np.cumsum(np.bincount(np.searchsorted(ascending, positives, side="right"),
-                                  minlength=ascending.size + 1))[:-1]
-    at_or_below = np.cumsum(np.bincount(np.searchsorted(ascending, positives, side="left"),
-                                        minlength=ascending.size + 1))[:-1]
-    true_positives_at = (positives.size - below)[::-1]
-    true_positives_above = (positives.size - at_or_below)[::-1]
-    false_positives = (negatives.size - group_starts)[::-1]
-    return RocCurve(ascending[::-1], false_positives, true_positives_above, true_positives_at, negatives.size,
-                    positives.size)
+    group_starts = np.flatnonzero(np.r_[True, positives[1:] != positives[:-1]])
+    group_sizes = np.diff(np.r_[group_starts, positives.size])
+    thresholds = positives[group_starts][::-1]
+    true_positives_at = (positives.size - group_starts)[::-1]
+    true_positives_above = true_positives_at - group_sizes[::-1]
+    false_positives_at = negatives.size - np.searchsorted(negatives, thresholds, side="left")
+    false_positives_above = negatives.size - np.searchsorted(negatives, thresholds, side="right")
+    return RocCurve(thresholds, false_positives_above, false_positives_at, true_positives_above, true_positives_at,
+                    negatives.size, positives.size)
 
 
 def area_under_roc(curve: RocCurve) -> float:
-    """The exact area under a RocCurve: the trapezoids summed in integer counts (twice their area),
+    """The exact area under a RocCurve: its segments summed in integer counts (twice their area),
     one division at the end. It equals P(anomalous > normal) + P(tie) / 2 (Mann-Whitney)."""
-    widths = np.diff(np.r_[0, curve.false_positives]).astype(np.int64)
-    heights = curve.true_positives_above.astype(np.int64) + curve.true_positives_at.astype(np.int64)
-    twice_area = int(np.dot(widths, heights))
+    fp_above, fp_at, tp_above, tp_at = (np.asarray(counts, dtype=np.int64) for counts in (
+        curve.false_positives_above, curve.false_positives_at, curve.true_positives_above, curve.true_positives_at))
+    horizontal = 2 * np.dot(fp_above - np.r_[0, fp_at[:-1]], tp_above)
+    across_ties = np.dot(fp_at - fp_above, tp_above + tp_at)
+    last = 2 * (curve.negative_count - int(fp_at[-1])) * curve.positive_count
+    twice_area = int(horizontal) + int(across_ties) + last
     return twice_area / (2 * curve.positive_count * curve.negative_count)
 
 

@@ -264,6 +264,8 @@ def test_roc_and_pr_curves_are_what_auroc_and_ap_integrate():
     roc = roc_curve_ranked(ranked)
     fpr, tpr = roc.points()
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    # one vertex pair per distinct anomalous score: for pixels, a small share of all of them
+    assert roc.thresholds.size == np.unique(scores[labels == 1]).size
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     # the drawn polyline's trapezoids give the metric, and the metric is the curve's exact integral
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
