@@ -100,11 +100,13 @@ def metric_table(rows: list[dict[str, str]], units: dict, paper: dict) -> str:
     """One row per results row: the seven metrics in %, the paper's figure beside each, n/a with
     its reason; data-value holds the CSV's own text."""
     head = "<tr><th>unit</th>" + "".join(f"<th>{text(m)}</th>" for m in METRIC_NAMES) + "</tr>"
-    body = "".join(
-        "<tr>" + element("td", text(unit_label(row)), class_="unit")
-        + "".join(_metric_cell(row, m, paper, units.get(row_key(row))) for m in METRIC_NAMES) + "</tr>"
-        for row in rows)
-    return f'<table class="metrics">{head}{body}</table>'
+    body = ""
+    for row in rows:
+        data = units.get(row_key(row))
+        data = data if _current(data, row) else None  # reasons only from this row's own evaluation
+        body += "<tr>" + element("td", text(unit_label(row)), class_="unit") + "".join(
+            _metric_cell(row, metric, paper, data) for metric in METRIC_NAMES) + "</tr>"
+    return f'<div class="scroll"><table class="metrics">{head}{body}</table></div>'
 
 
 def _plots(row: dict[str, str], data: dict[str, Any] | None, missing: str) -> str:
@@ -192,7 +194,7 @@ def render_run_page(rows: list[dict[str, str]], units: dict, dataset: str, versi
     dataset, version and journal ratio folder ("" for ICPR) of the folder, and a title."""
     paper, paper_source = paper_figures(dataset, version, ratio or "1")
     if not paper:
-        paper_source = f"none: {paper_source}" if "has no" in paper_source else f"none for {dataset}"
+        paper_source = f"none: {paper_source}" if version == "jims" else f"none: the ICPR paper has no {dataset} run"
     built = datetime.now(timezone.utc).isoformat(timespec="seconds")
     notes = "".join(element("p", text(f"note: {problem}"), class_="note") for problem in problems or [])
     embedded = {"dataset": dataset, "version": version, "ratio": ratio, "metrics": METRIC_NAMES, "rows": rows}

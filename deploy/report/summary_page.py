@@ -42,7 +42,7 @@ def dataset_section(dataset: str, summary: dict[str, Any], version: str, ratio: 
     links = ", ".join(element("a", text(f"run {run_id}"), href=relative_url(path))
                       for run_id, path in run_reports.items())
     title = dataset + (f", ratio folder {ratio}" if ratio else "")
-    return (element("h2", text(title)) + element("table", head + body, class_="metrics")
+    return (element("h2", text(title)) + element("div", element("table", head + body, class_="metrics"), class_="scroll")
             + element("p", text(f"paper: {source if paper else 'none for this dataset and ratio'}"), class_="note")
             + (element("p", "Each run's report: " + links) if links else ""))
 
