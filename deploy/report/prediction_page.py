@@ -61,7 +61,7 @@ def _card(output: Path, row: dict[str, str]) -> str:
     elif (Path(output) / "overlays" / f"{name}.png").is_file():
         picture = void_element("img", src=relative_url(f"overlays/{name}.png"), loading="lazy",
                                alt=Path(row["path"]).name)
-    caption = (element("div", text(Path(row["path"]).name), class_="name", title=row["path"])
+    caption = (element("div", text(name), class_="name", title=row["path"])  # unique, unlike the file name
                + element("div", f"score {text(row['score'])} &middot; " + element("span", text(decision),
                                                                                class_="decision"))
                + element("div", text(f"defect area {row['defect_area_percent']} %"), class_="muted"))
