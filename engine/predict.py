@@ -28,12 +28,12 @@ from common.device import resolve_device
 from common.errors import UserError
 from common.fileio import check_writable_dir, write_csv_atomic, write_json_atomic
 from common.image_io import image_to_tensor_array, read_rgb
+from deploy.report import write_prediction_report
 from engine.backends import Backend, TorchBackend, open_exported
 from engine.calibrate import (
     PREDICT_EXTENSIONS, UNCALIBRATED_THRESHOLD, Thresholds, calibrate_labelled_folder, calibrate_normal_folder,
     store_thresholds_in_card, store_thresholds_in_sidecar,
 )
-from deploy.report import write_prediction_report
 from engine.checkpoints import LoadedCheckpoint, load_checkpoint
 from engine.overlay import ImageResult, write_image_outputs
 
