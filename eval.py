@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--save-images", action="store_true", help="write a figure per test image")
     parser.add_argument("--save-scores", action="store_true", help="write per-image scores (JSON)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--no-report", action="store_true", help="skip the report.html pages (beside each last.csv and results_avg_std.json)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip the report.html pages (beside each last.csv and results_avg_std.json)")
     return parser.parse_args(argv)
 
 

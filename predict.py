@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None):
                         help="for a checkpoint without model.yaml: whose defaults to use (default mvtec: 256x256)")
     cli.add_settings(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-report", action="store_true", help="skip report.html and thumbnails/ in the output folder")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip report.html and thumbnails/ in the output folder")
     return parser.parse_args(argv)
 
 

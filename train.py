@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
-    parser.add_argument("--no-report", action="store_true", help="skip report.html (beside last.csv) and its per-unit data")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip report.html (beside last.csv) and its per-unit data")
     parser.add_argument("--resume", choices=["auto", "never"], default="never",
                         help="auto: continue each unit from its resume.pt and skip complete units "
                              "(written every checkpoint_every epochs and on SIGTERM/SIGUSR1)")

@@ -83,7 +83,8 @@ def render_prediction_page(output: Path, rows: list[dict[str, str]], summary: di
         ("images", f"{len(rows)} predicted, {len(skipped)} skipped"),
         ("image threshold", f"{threshold_text} ({source})"),
         ("pixel threshold", rows[0]["pixel_threshold"] if rows else "-"),
-        ("decision rule", "defect when score > image threshold; a pixel is defect when its map value > pixel threshold"),
+        ("decision rule", "defect when score > image threshold; a pixel is defect when its map value > pixel "
+                          "threshold"),
     ))
     skipped_list = "".join(element("li", text(f"{row.get('path', '')}: {row.get('reason', '')}")) for row in skipped)
     built = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -25,7 +25,8 @@ def _cell(dataset: str, unit: str, metric: str, summary: dict, paper: dict) -> s
                          class_="paper")
     return element("td", text(shown) + " " + paper_text, class_="na" if mean is None else None,
                    data_dataset=dataset, data_unit=unit, data_metric=metric,
-                   data_mean="" if mean is None else repr(float(mean)), data_std="" if std is None else repr(float(std)))
+                   data_mean="" if mean is None else repr(float(mean)),
+                   data_std="" if std is None else repr(float(std)))
 
 
 def dataset_section(dataset: str, summary: dict[str, Any], version: str, ratio: str,
@@ -42,7 +43,8 @@ def dataset_section(dataset: str, summary: dict[str, Any], version: str, ratio: 
     links = ", ".join(element("a", text(f"run {run_id}"), href=relative_url(path))
                       for run_id, path in run_reports.items())
     title = dataset + (f", ratio folder {ratio}" if ratio else "")
-    return (element("h2", text(title)) + element("div", element("table", head + body, class_="metrics"), class_="scroll")
+    table = element("div", element("table", head + body, class_="metrics"), class_="scroll")
+    return (element("h2", text(title)) + table
             + element("p", text(f"paper: {source if paper else 'none for this dataset and ratio'}"), class_="note")
             + (element("p", "Each run's report: " + links) if links else ""))
 

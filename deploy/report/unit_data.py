@@ -91,7 +91,8 @@ def defect_type(image_path: str) -> str | None:
     return path.parent.name if path.parent.parent.name == "test" else None
 
 
-def gallery_members(scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict[str, tuple[list[int], str]]:
+def gallery_members(scores: np.ndarray, labels: np.ndarray,
+                    threshold: float | None) -> dict[str, tuple[list[int], str]]:
     """{gallery: (image indices, the rule that chose them)}. With a calibrated image threshold:
     normal images above it (false positives, highest first), defective images at or below it
     (false negatives, lowest first), defective images above it (true positives, highest first).

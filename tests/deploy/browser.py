@@ -4,6 +4,7 @@ says why none can be used (the tests then skip with that reason); `start_browser
 with a fresh profile folder and the browser console log recorded; `page_problems`,
 `screenshot_colours` are what the tests check a page with."""
 
+import importlib.util
 import io
 import shutil
 from pathlib import Path
@@ -27,9 +28,7 @@ def _first(names: tuple[str, ...], places: tuple[str, ...]) -> str | None:
 
 def find_browser() -> tuple[str | None, str | None, str]:
     """(chromium, chromedriver, why not usable: '' when both were found)."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return None, None, "selenium is not installed (pip install -r requirements.txt)"
     chromium = _first(CHROMIUM_NAMES, ("/usr/bin/chromium",))
     driver = _first(DRIVER_NAMES, ("/usr/bin/chromedriver",))

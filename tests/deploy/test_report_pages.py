@@ -50,7 +50,8 @@ def build_run(tmp_path: Path, category: str = "widget", dataset: str = "folder",
               defect_pixels: bool = True, evil_file: bool = False, with_data: bool = True) -> tuple[Path, dict]:
     predictions = fake_predictions(tmp_path / "images", defect_pixels, evil_file)
     split = SimpleNamespace(train=[SimpleNamespace(label=0, is_segmented=True)] * 5, info={})
-    values, notes = compute_metrics(predictions.anomaly_maps, predictions.gt_masks, predictions.scores, predictions.labels)
+    values, notes = compute_metrics(predictions.anomaly_maps, predictions.gt_masks, predictions.scores,
+                                    predictions.labels)
     config = build_config(dataset, None, ["epochs=3"])
     results = tmp_path / "results"
     unit = describe_unit(dataset, "unit_a", {"category": category}, config, 0, "1", split, "training")
