@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None):
                         help="false-positive rate for the pixel threshold (default: --fpr)")
     cli.add_checkpoint_settings(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip report.html and thumbnails/ in the output folder")
     args = cli.settle(parser.parse_args(argv))
     check_options(args)
     return args

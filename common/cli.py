@@ -88,6 +88,7 @@ def train_parser(description: str | None = None, prog: str | None = None) -> arg
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (a line per evaluation step instead)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
+    parser.add_argument("--no-report", action="store_true", help="skip the report.html page beside each last.csv")
     parser.add_argument("--resume", choices=RESUME_CHOICES, default="continue",
                         help="continue (default): a unit goes on from its resume.pt when that was written with the "
                              "same settings; auto: also skip complete units (Slurm tasks); never: start over "
@@ -119,6 +120,8 @@ def eval_parser(description: str | None = None, prog: str | None = None) -> argp
     parser.add_argument("--save-images", action="store_true", help="write a figure per test image")
     parser.add_argument("--save-scores", action="store_true", help="write per-image scores (JSON)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip the report.html pages (beside each last.csv and results_avg_std.json)")
     return parser
 
 

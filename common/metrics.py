@@ -2,9 +2,13 @@
 
 Everything is exact (ties handled as sklearn does) and built on sorting the scores
 of each class once: a `RankedScores` holds the normal and the anomalous scores,
-each sorted ascending, and every metric is read off it with binary searches. For
+each sorted ascending, and every curve is read off it with binary searches. For
 pixel metrics that is one `np.sort` of the normal pixels (fast, vectorised) plus
 one argsort of the anomalous pixels only, shared by P-AUROC, AP-loc and AUPRO.
+
+Each metric is the integral of a curve that a function here returns (`roc_curve_ranked`,
+`precision_recall_ranked`, `pro_curve_ranked`), so whoever draws a curve (the run report)
+draws the very numbers the metric integrates; `compute_metrics_and_curves` gives both.
 
 A metric that the data cannot define (one class missing) raises
 `UndefinedMetricError`; `compute_metrics` turns that into `None` plus a note.
@@ -131,22 +135,90 @@ def rank_pixels(anomaly_maps: np.ndarray, gt_masks: np.ndarray) -> RankedScores:
     return RankedScores(negatives, positives[order], "pixels", weights)
 
 
-def auroc_ranked(ranked: RankedScores) -> float:
-    """Exact ROC AUC: P(positive > negative) + P(tie) / 2 (the Mann-Whitney form of the trapezoid area)."""
+@dataclass(frozen=True)
+class RocCurve:
+    """The ROC curve, as counts, with two vertices per distinct anomalous score t (highest first).
+
+    `false_positives_above[k]` / `false_positives_at[k]` = normal samples > t_k / >= t_k, and
+    `true_positives_above[k]` / `true_positives_at[k]` = anomalous samples > t_k / >= t_k. Coming
+    down from t_(k-1) to t_k the curve runs horizontally (the normal scores between them) to
+    (FP(> t_k), TP(> t_k)), then straight across the ties at t_k to (FP(>= t_k), TP(>= t_k)); after
+    the lowest anomalous score it runs horizontally to (N, P). Its size is that of the anomalous
+    set, which for pixels is a small share of all pixels."""
+
+    thresholds: np.ndarray
+    false_positives_above: np.ndarray
+    false_positives_at: np.ndarray
+    true_positives_above: np.ndarray
+    true_positives_at: np.ndarray
+    negative_count: int
+    positive_count: int
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FPR, TPR) of the whole polyline, from (0, 0) to (1, 1), as floats in [0, 1]."""
+        fp = np.c_[self.false_positives_above, self.false_positives_at].reshape(-1)
+        tp = np.c_[self.true_positives_above, self.true_positives_at].reshape(-1)
+        fp = np.r_[0, fp, self.negative_count]
+        tp = np.r_[0, tp, self.positive_count]
+        return fp / self.negative_count, tp / self.positive_count
+
+
+def roc_curve_ranked(ranked: RankedScores) -> RocCurve:
+    """RankedScores with both classes -> its RocCurve (UndefinedMetricError when a class is missing)."""
     ranked.require_both_classes()
-    below = np.searchsorted(ranked.negatives, ranked.positives, side="left")
-    below_or_tied = np.searchsorted(ranked.negatives, ranked.positives, side="right")
-    # Integer sum of 2 * (below + tied / 2), so the only rounding is the final division.
-    twice_wins = int(below.sum(dtype=np.int64)) + int(below_or_tied.sum(dtype=np.int64))
-    return twice_wins / (2 * ranked.positives.size * ranked.negatives.size)
+    negatives, positives = ranked.negatives, ranked.positives
+    group_starts = np.flatnonzero(np.r_[True, positives[1:] != positives[:-1]])
+    group_sizes = np.diff(np.r_[group_starts, positives.size])
+    thresholds = positives[group_starts][::-1]
+    true_positives_at = (positives.size - group_starts)[::-1]
+    true_positives_above = true_positives_at - group_sizes[::-1]
+    false_positives_at = negatives.size - np.searchsorted(negatives, thresholds, side="left")
+    false_positives_above = negatives.size - np.searchsorted(negatives, thresholds, side="right")
+    return RocCurve(thresholds, false_positives_above, false_positives_at, true_positives_above, true_positives_at,
+                    negatives.size, positives.size)
 
 
-def average_precision_ranked(ranked: RankedScores) -> float:
-    """Step-wise AP: sum over distinct positive scores t of (recall gain at t) x precision(score >= t).
+def area_under_roc(curve: RocCurve) -> float:
+    """The exact area under a RocCurve: its segments summed in integer counts (twice their area),
+    one division at the end. It equals P(anomalous > normal) + P(tie) / 2 (Mann-Whitney)."""
+    fp_above, fp_at, tp_above, tp_at = (np.asarray(counts, dtype=np.int64) for counts in (
+        curve.false_positives_above, curve.false_positives_at, curve.true_positives_above, curve.true_positives_at))
+    horizontal = 2 * np.dot(fp_above - np.r_[0, fp_at[:-1]], tp_above)
+    across_ties = np.dot(fp_at - fp_above, tp_above + tp_at)
+    last = 2 * (curve.negative_count - int(fp_at[-1])) * curve.positive_count
+    twice_area = int(horizontal) + int(across_ties) + last
+    return twice_area / (2 * curve.positive_count * curve.negative_count)
 
-    Only thresholds holding a positive change recall, so only those are visited. With no
-    normal samples AP is 1 (as sklearn); with no anomalous ones it is undefined.
-    """
+
+def auroc_ranked(ranked: RankedScores) -> float:
+    """Exact ROC AUC of RankedScores: the area under `roc_curve_ranked`."""
+    return area_under_roc(roc_curve_ranked(ranked))
+
+
+@dataclass(frozen=True)
+class PrecisionRecallCurve:
+    """Precision and recall at every distinct anomalous score t (ascending): a sample is called
+    anomalous when its score is >= t. `recall_gains[k]` = anomalous samples scored exactly t_k
+    (what recall gains at t_k, in samples)."""
+
+    thresholds: np.ndarray
+    true_positives: np.ndarray
+    false_positives: np.ndarray
+    recall_gains: np.ndarray
+    positive_count: int
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self.true_positives / (self.true_positives + self.false_positives)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.true_positives / self.positive_count
+
+
+def precision_recall_ranked(ranked: RankedScores) -> PrecisionRecallCurve:
+    """RankedScores -> its PrecisionRecallCurve. Only thresholds holding an anomalous sample change
+    recall, so only those are visited. No anomalous samples: UndefinedMetricError."""
     if ranked.positives.size == 0:
         raise UndefinedMetricError(f"the test set has no anomalous {ranked.unit}")
     positives = ranked.positives
@@ -155,20 +227,60 @@ def average_precision_ranked(ranked: RankedScores) -> float:
     thresholds = positives[group_starts]
     true_positives = positives.size - group_starts
     false_positives = ranked.negatives.size - np.searchsorted(ranked.negatives, thresholds, side="left")
-    precision = true_positives / (true_positives + false_positives)
-    return float(np.dot(group_sizes, precision) / positives.size)
+    return PrecisionRecallCurve(thresholds, true_positives, false_positives, group_sizes, positives.size)
 
 
-def aupro_ranked(ranked: RankedScores, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
-    """Area under the PRO-vs-FPR curve from FPR 0 to `fpr_limit`, divided by `fpr_limit`.
+def step_average_precision(curve: PrecisionRecallCurve) -> float:
+    """Step-wise AP of a PrecisionRecallCurve: sum over thresholds of (recall gain) x precision."""
+    return float(np.dot(curve.recall_gains, curve.precision) / curve.positive_count)
 
-    The curve has a point at every distinct score t (from (0, 0) at t = +inf):
-    FPR(t) = share of normal pixels >= t, PRO(t) = weight of anomalous pixels >= t.
-    FPR only moves at normal scores, so between consecutive normal thresholds the curve is
-    a vertical rise (no area) then one straight segment from (FPR(t_prev), PRO(> t)) to
-    (FPR(t), PRO(>= t)): the area is a sum over distinct normal scores only, and only those
-    in the top `fpr_limit` share of normal pixels are needed. The segment crossing the limit
-    is cut by linear interpolation.
+
+def average_precision_ranked(ranked: RankedScores) -> float:
+    """Step-wise AP: sum over distinct positive scores t of (recall gain at t) x precision(score >= t).
+
+    With no normal samples AP is 1 (as sklearn); with no anomalous ones it is undefined.
+    """
+    return step_average_precision(precision_recall_ranked(ranked))
+
+
+@dataclass(frozen=True)
+class ProCurve:
+    """The PRO-vs-FPR curve from FPR 0 to just past `fpr_limit`, one vertex per distinct normal
+    pixel score t (highest first): `fpr[k]` = share of normal pixels >= t_k, `pro_at[k]` = region
+    weight of anomalous pixels >= t_k, `pro_above[k]` = of those > t_k. As for `RocCurve`, the
+    curve rises vertically to (fpr[k-1], pro_above[k]), then runs straight to (fpr[k], pro_at[k])."""
+
+    fpr: np.ndarray
+    pro_above: np.ndarray
+    pro_at: np.ndarray
+    fpr_limit: float
+
+    @property
+    def crossing(self) -> int:
+        """The index of the first vertex at or past `fpr_limit`."""
+        return int(np.searchsorted(self.fpr, self.fpr_limit, side="left"))
+
+    def pro_at_limit(self) -> float:
+        """The PRO where the curve crosses `fpr_limit` (linear inside the crossing segment)."""
+        crossing = self.crossing
+        segment_start = self.fpr[crossing - 1] if crossing else 0.0
+        fraction = (self.fpr_limit - segment_start) / (self.fpr[crossing] - segment_start)
+        return float(self.pro_above[crossing] + fraction * (self.pro_at[crossing] - self.pro_above[crossing]))
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FPR, PRO) of the polyline from (0, 0) to the crossing vertex (just past the limit)."""
+        end = self.crossing + 1
+        previous = np.r_[0.0, self.fpr[: end - 1]]
+        fpr = np.c_[previous, self.fpr[:end]].reshape(-1)
+        pro = np.c_[self.pro_above[:end], self.pro_at[:end]].reshape(-1)
+        return np.r_[0.0, fpr], np.r_[0.0, pro]
+
+
+def pro_curve_ranked(ranked: RankedScores, fpr_limit: float = AUPRO_FPR_LIMIT) -> ProCurve:
+    """RankedScores of pixels (from rank_pixels) -> the ProCurve up to `fpr_limit`.
+
+    FPR only moves at normal scores, so only distinct normal scores are vertices, and only those
+    in the top `fpr_limit` share of normal pixels are needed (plus the one crossing the limit).
     """
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
@@ -193,8 +305,14 @@ def aupro_ranked(ranked: RankedScores, fpr_limit: float = AUPRO_FPR_LIMIT) -> fl
     pro_above[:-1] = np.cumsum(ranked.positive_weights[::-1])[::-1]
     pro_at = pro_above[np.searchsorted(positives, thresholds, side="left")]
     pro_before = pro_above[np.searchsorted(positives, thresholds, side="right")]
+    return ProCurve(fpr, pro_before, pro_at, fpr_limit)
 
-    crossing = int(np.searchsorted(fpr, fpr_limit, side="left"))
+
+def area_under_pro(curve: ProCurve) -> float:
+    """Area under a ProCurve from FPR 0 to its limit, divided by the limit; the segment crossing
+    the limit is cut by linear interpolation."""
+    fpr, pro_before, pro_at, fpr_limit = curve.fpr, curve.pro_above, curve.pro_at, curve.fpr_limit
+    crossing = curve.crossing
     fpr_start = np.r_[0.0, fpr[:crossing]]
     area = float(np.dot(np.diff(fpr_start), (pro_before[:crossing] + pro_at[:crossing]) / 2))
     segment_start, segment_end = fpr_start[-1], fpr[crossing]
@@ -202,6 +320,12 @@ def aupro_ranked(ranked: RankedScores, fpr_limit: float = AUPRO_FPR_LIMIT) -> fl
     pro_at_limit = pro_before[crossing] + fraction * (pro_at[crossing] - pro_before[crossing])
     area += (fpr_limit - segment_start) * (pro_before[crossing] + pro_at_limit) / 2
     return float(area / fpr_limit)
+
+
+def aupro_ranked(ranked: RankedScores, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+    """Area under the PRO-vs-FPR curve from FPR 0 to `fpr_limit`, divided by `fpr_limit`
+    (`area_under_pro` of `pro_curve_ranked`)."""
+    return area_under_pro(pro_curve_ranked(ranked, fpr_limit))
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -219,15 +343,23 @@ def aupro(anomaly_maps: np.ndarray, gt_masks: np.ndarray, fpr_limit: float = AUP
     return aupro_ranked(rank_pixels(anomaly_maps, gt_masks), fpr_limit)
 
 
-def compute_metrics(
-    anomaly_maps: np.ndarray, gt_masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
-) -> tuple[dict[str, float | None], list[str]]:
-    """The evaluation of one test set (docs/method.md, "Evaluation").
+# The curve each metric integrates: (curve function, integral, what is ranked).
+METRIC_CURVES: dict[str, tuple[Callable, Callable, str]] = {
+    "I-AUROC": (roc_curve_ranked, area_under_roc, "image"),
+    "AP-det": (precision_recall_ranked, step_average_precision, "image"),
+    "P-AUROC": (roc_curve_ranked, area_under_roc, "pixels"),
+    "AUPRO": (pro_curve_ranked, area_under_pro, "pixels"),
+    "AP-loc": (precision_recall_ranked, step_average_precision, "pixels"),
+    "seg-I-AUROC": (roc_curve_ranked, area_under_roc, "seg"),
+    "seg-AP-det": (precision_recall_ranked, step_average_precision, "seg"),
+}
 
-    In: raw anomaly maps N x H x W, GT masks N x H x W (0/1), scores N (sigmoid of the
-    score logits), labels N (0/1). Out: every metric of METRIC_NAMES, in that order, None
-    where undefined, and one note per undefined metric saying why.
-    """
+
+def compute_metrics_and_curves(
+    anomaly_maps: np.ndarray, gt_masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, float | None], list[str], dict[str, object]]:
+    """`compute_metrics`, plus {metric: the curve it integrates} (RocCurve, PrecisionRecallCurve
+    or ProCurve) for every defined metric."""
     anomaly_maps = np.asarray(anomaly_maps)
     if anomaly_maps.ndim != 3:
         raise ValueError(f"anomaly maps must be N x H x W, got {anomaly_maps.shape}")
@@ -238,19 +370,33 @@ def compute_metrics(
 
     values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
     notes: list[str] = []
-
-    def record(name: str, metric: Callable[[], float]) -> None:
+    curves: dict[str, object] = {}
+    pixels = rank_pixels(maps, gt_masks)
+    rankers: dict[str, Callable[[], RankedScores]] = {
+        "image": lambda: rank_scores(image_scores, labels, "images"),
+        "pixels": lambda: pixels,
+        "seg": lambda: rank_scores(seg_scores, labels, "images"),
+    }
+    for name in METRIC_NAMES:
+        make_curve, integrate, ranked = METRIC_CURVES[name]
         try:
-            values[name] = metric()
+            curve = make_curve(rankers[ranked]())
         except UndefinedMetricError as error:
             notes.append(f"{name} undefined: {error.reason}")
+            continue
+        curves[name] = curve
+        values[name] = integrate(curve)
+    return values, notes, curves
 
-    pixels = rank_pixels(maps, gt_masks)
-    record("I-AUROC", lambda: auroc_ranked(rank_scores(image_scores, labels, "images")))
-    record("AP-det", lambda: average_precision_ranked(rank_scores(image_scores, labels, "images")))
-    record("P-AUROC", lambda: auroc_ranked(pixels))
-    record("AUPRO", lambda: aupro_ranked(pixels))
-    record("AP-loc", lambda: average_precision_ranked(pixels))
-    record("seg-I-AUROC", lambda: auroc_ranked(rank_scores(seg_scores, labels, "images")))
-    record("seg-AP-det", lambda: average_precision_ranked(rank_scores(seg_scores, labels, "images")))
+
+def compute_metrics(
+    anomaly_maps: np.ndarray, gt_masks: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, float | None], list[str]]:
+    """The evaluation of one test set (docs/method.md, "Evaluation").
+
+    In: raw anomaly maps N x H x W, GT masks N x H x W (0/1), scores N (sigmoid of the
+    score logits), labels N (0/1). Out: every metric of METRIC_NAMES, in that order, None
+    where undefined, and one note per undefined metric saying why.
+    """
+    values, notes, _ = compute_metrics_and_curves(anomaly_maps, gt_masks, scores, labels)
     return values, notes

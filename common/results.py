@@ -20,7 +20,8 @@ NOT_AVAILABLE = "n/a"
 TEXT_COLUMNS = ("category", "fold", "run_id", "backbone_weights", "version", "regime")
 
 
-def _format_value(value: float | None) -> str:
+def format_value(value: float | None) -> str:
+    """A metric value as the results CSVs hold it: repr of the float, or 'n/a' for None."""
     return NOT_AVAILABLE if value is None else repr(float(value))
 
 
@@ -33,7 +34,8 @@ def _mean(values: list[float | None]) -> float | None:
 KEY_COLUMNS = ("category", "fold", "run_id")
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows as written: every value a string) of a results CSV; ([], []) when absent."""
     if not path.is_file():
         return [], []
     with open(path, newline="", encoding="utf-8") as handle:
@@ -63,7 +65,7 @@ class ResultsWriter:
 
     def _as_text(self, row: dict[str, Any]) -> dict[str, str]:
         text = {"category": str(row["category"])}
-        text.update({m: _format_value(row.get(m)) for m in self.metric_names})
+        text.update({m: format_value(row.get(m)) for m in self.metric_names})
         text.update({c: str(row.get(c, "")) for c in self.extra_columns})
         return text
 
@@ -72,7 +74,7 @@ class ResultsWriter:
         directory.mkdir(parents=True, exist_ok=True)
         header = self.header
         with locked_folder(directory):
-            _, existing = _read_rows(directory / "last.csv")
+            _, existing = read_rows(directory / "last.csv")
             ours = [self._as_text(row) for row in self.rows]
 
             def key(row: dict[str, str]) -> tuple[str, ...]:
@@ -83,7 +85,7 @@ class ResultsWriter:
             merged += [row for row in ours if key(row) in replaced]
             write_csv_atomic(directory / "last.csv", header, [[row.get(c, "") for c in header] for row in merged])
             means = [
-                _format_value(_mean([_parse_value(row.get(m, "")) for row in merged])) for m in self.metric_names
+                format_value(_mean([_parse_value(row.get(m, "")) for row in merged])) for m in self.metric_names
             ]
             write_csv_atomic(directory / "avg.csv", ["category", *self.metric_names], [["avg", *means]])
 

@@ -12,6 +12,7 @@ import numpy as np
 from common.fileio import atomic_path
 from deploy.calibrate import Thresholds
 from deploy.images import Loaded
+from deploy.report import thumbnail_path, write_thumbnail
 
 
 def overlay_layout(height: int, width: int) -> tuple[int, int]:
@@ -133,8 +134,10 @@ def full_size_map(probabilities: np.ndarray, height: int, width: int) -> np.ndar
 
 
 def write_image_outputs(output: Path, entry: Loaded, probabilities: np.ndarray, score: float,
-                        thresholds: Thresholds, save_maps: bool, overlays: bool = True) -> ImageResult:
-    """Every per-image file of one image; returns its row."""
+                        thresholds: Thresholds, save_maps: bool, overlays: bool = True,
+                        thumbnails: bool = False) -> ImageResult:
+    """Every per-image file of one image; returns its row. `thumbnails`: also the overlay's image
+    part shrunk for the report page (thumbnails/<name>.jpg)."""
     height, width = entry.image.shape[:2]
     full = full_size_map(probabilities, height, width)
     mask = full > thresholds.pixel
@@ -143,7 +146,10 @@ def write_image_outputs(output: Path, entry: Loaded, probabilities: np.ndarray, 
     _write_png(output / "heatmaps" / f"{name}.png", heatmap_rgb(full))
     _write_png(output / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
     if overlays:
-        _write_png(output / "overlays" / f"{name}.png", render_overlay(entry.image, full, mask, score, defect, thresholds))
+        overlay = render_overlay(entry.image, full, mask, score, defect, thresholds)
+        _write_png(output / "overlays" / f"{name}.png", overlay)
+        if thumbnails:
+            write_thumbnail(thumbnail_path(output, name), overlay[-height:, :width])
     if save_maps:
         _write_npy(output / "maps" / f"{name}.npy", full)
     return ImageResult(str(entry.item.path), name, float(score), defect, int(mask.sum()), height, width,

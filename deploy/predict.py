@@ -33,6 +33,7 @@ from deploy.calibrate import (
 from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
 from deploy.images import DEFAULT_MAX_PIXELS, PREDICT_EXTENSIONS, ImageItem, find_images, infer_loaded, loaded_batches
 from deploy.overlay import ImageResult, write_image_outputs
+from deploy.report import write_prediction_report
 
 
 # ---------------------------------------------------------------- outputs
@@ -61,9 +62,10 @@ class RunSummary:
 def predict_images(backend: Backend, items: list[ImageItem], thresholds: Thresholds, output: Path,
                    batch: int = 8, save_maps: bool = False, progress: bool = True, workers: int = 4,
                    overlays: bool = True, report: Callable[[str], None] | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> RunSummary:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, thumbnails: bool = False) -> RunSummary:
     """Predict every image of `items` and write its files under `output`; unreadable images are
-    reported (through `report`) and skipped. `predictions.csv` (and `skipped.csv`) are written last."""
+    reported (through `report`) and skipped. `predictions.csv` (and `skipped.csv`) are written last.
+    `thumbnails`: small copies of the overlays for the report page."""
     report = report or (lambda message: tqdm.write(message, file=sys.stderr))
     start = time.perf_counter()
     results: list[ImageResult] = []
@@ -79,7 +81,7 @@ def predict_images(backend: Backend, items: list[ImageItem], thresholds: Thresho
             good, maps, scores = infer_loaded(backend, loaded)
             for entry, probabilities, score in zip(good, maps, scores):
                 pending.append(writers.submit(write_image_outputs, output, entry, probabilities, float(score),
-                                              thresholds, save_maps, overlays))
+                                              thresholds, save_maps, overlays, thumbnails))
             while len(pending) > 2 * max(batch, workers):
                 results.append(_written(pending.popleft()))
             bar.update(len(loaded))
@@ -165,7 +167,7 @@ def run_prediction(args: argparse.Namespace) -> None:
         raise UserError(f"no images found in {' '.join(map(str, args.inputs))} "
                         f"(folders are searched recursively for {', '.join(PREDICT_EXTENSIONS)})")
     summary = predict_images(backend, items, thresholds, output, args.batch, args.save_maps, progress, _workers(),
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, thumbnails=not args.no_report)
     summary.skipped[:0] = missing
     if missing:
         write_csv_atomic(output / "skipped.csv", ("path", "reason"), summary.skipped)
@@ -178,10 +180,12 @@ def run_prediction(args: argparse.Namespace) -> None:
         "images": len(summary.results), "defects": defects, "skipped": len(summary.skipped),
         "seconds": round(summary.seconds, 3),
     })
+    report_page = None if args.no_report else write_prediction_report(output)
     rate = len(summary.results) / summary.seconds if summary.seconds > 0 else float("nan")
     print(f"Predicted {len(summary.results)} image(s): {defects} defect, {len(summary.results) - defects} normal "
           f"({thresholds.label}); {len(summary.skipped)} skipped; {rate:.1f} images/s")
-    print(f"Results: {output / 'predictions.csv'} (overlays/, heatmaps/, masks/{', maps/' if args.save_maps else ''})")
+    print(f"Results: {output / 'predictions.csv'} (overlays/, heatmaps/, masks/{', maps/' if args.save_maps else ''})"
+          + (f"; report: {report_page}" if report_page else ""))
     if not summary.results:
         raise UserError("no image could be read; see the skipped list above")
 

@@ -15,6 +15,7 @@ from common.fileio import check_writable_dir
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv, summarize_runs, write_summary_json
 from common.seeding import seed_everything
+from deploy.report import describe_unit, write_run_report, write_summary_report, write_unit_data
 from engine.evaluate import check_finite, evaluate, format_metrics, make_test_loader, predict
 from engine.outputs import EvalLayout, write_figures, write_scores_json
 from engine.train_run import setup_name
@@ -104,9 +105,17 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
             thresholds = (card or {}).get("thresholds") or {}
             write_figures(layout.figures_dir(unit.name), predictions, progress=not args.no_progress,
                           pixel_threshold=thresholds.get("pixel"), maps_are_probabilities=version == "jims")
+        if not args.no_report:
+            write_unit_data(layout.results_dir(), describe_unit(
+                dataset, unit.name, {"category": unit.report_category, "run_id": run_id, **unit.row_extra}, config,
+                run_id, layout.ratio, split, f"evaluation of {weights}", card), predictions, values, notes,
+                (card or {}).get("thresholds"), tag)
         writer.add(unit.report_category, values, run_id=run_id, backbone_weights=tag, version=version,
                    regime=regime, **unit.row_extra)
         writer.save(layout.results_dir())
+        if not args.no_report:
+            write_run_report(layout.results_dir(), dataset, version, layout.ratio,
+                             f"SuperSimpleNet evaluation: {dataset}, run id {run_id}")
     return tags, layout.ratio
 
 
@@ -124,13 +133,14 @@ def run_evaluation(args: argparse.Namespace) -> None:
             dataset_tags, ratios[dataset] = evaluate_dataset(args, run_id, dataset, device)
             tags |= dataset_tags
 
-    summaries = {}
+    summaries, run_reports = {}, {}
     for dataset in args.datasets:
         ratio = ratios[dataset]
         rows = {}
         for run_id in args.run_ids:
             results = EvalLayout(Path(), args.results_path, str(run_id), dataset, ratio).results_dir()
             rows[str(run_id)] = read_last_csv(results / "last.csv")
+            run_reports.setdefault(dataset, {})[str(run_id)] = results / "report.html"
         summaries[dataset] = summarize_runs(rows, METRIC_NAMES)
         title = f"{dataset}: mean over run ids {', '.join(map(str, args.run_ids))} (version {args.version}) vs paper"
         if "random" in tags:
@@ -140,3 +150,7 @@ def run_evaluation(args: argparse.Namespace) -> None:
     summary_path = args.results_path / "results_avg_std.json"
     write_summary_json(summary_path, summaries, ratios if args.version == "jims" else None)
     print(f"Summary: {summary_path}")
+    report_page = None if args.no_report else write_summary_report(args.results_path, summaries, ratios, args.version,
+                                                                    args.run_ids, run_reports)
+    if report_page:
+        print(f"Report: {report_page}")

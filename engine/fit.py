@@ -4,7 +4,7 @@ evaluation (monitoring only), the last-epoch checkpoint, the final evaluation an
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -102,6 +102,7 @@ def fit_unit(
     logger: Any = None,
     resume: str = "continue",
     regime: str = "",
+    after_evaluation: Callable[..., Any] | None = None,
 ) -> tuple[dict[str, float | None], list[str], str]:
     """Train one model on `split`, save its last-epoch checkpoint, evaluate it once more and
     write its scores and figures. Returns (metrics, notes, backbone weights tag).
@@ -110,7 +111,9 @@ def fit_unit(
     epochs, and when SIGTERM/SIGUSR1 arrives (then at the end of the epoch, raising Preempted),
     `resume.pt` is written; it is removed by the caller once the unit's results are saved. Before
     the first epoch the results folder's free space is checked against what the unit will write;
-    a write that still fails for lack of space is one UserError saying which resume.pt is kept."""
+    a write that still fails for lack of space is one UserError saying which resume.pt is kept.
+    `after_evaluation(predictions, values, notes, thresholds, tag)` is called once the final
+    evaluation is done (the run report's unit data)."""
     journal = config["version"] == "jims"
     checkpoint_dir = layout.checkpoint_dir(split.category)
     split, calibration_images = split.hold_out_normals(config["calibration_split"], config["seed"])
@@ -192,6 +195,8 @@ def fit_unit(
         check_finite(predictions, f"the model trained on {split.name}/{split.category}")
         values, notes = evaluate(predictions, split)
         write_scores_json(layout.scores_path(split.category), predictions, tag, config["version"], regime)
+        if after_evaluation is not None:
+            after_evaluation(predictions, values, notes, card["thresholds"], tag)
         if save_figures:
             write_figures(layout.figures_dir(split.category), predictions, progress=progress,
                           pixel_threshold=card["thresholds"].get("pixel"), maps_are_probabilities=journal)

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from common.fileio import write_json_atomic
-from common.metrics import min_max_normalize, normalized_scores
-from common.visualize import render_panel, save_panel
+from common.metrics import normalized_scores
+from common.visualize import figure_maps, render_panel, save_panel
 from engine.evaluate import Predictions
 
 
@@ -115,24 +114,18 @@ def write_figures(
     directory: Path, predictions: Predictions, progress: bool = True, pixel_threshold: float | None = None,
     maps_are_probabilities: bool = False,
 ) -> None:
-    """One PNG per test image under `<directory>/<type>/<Normal|Anomalous>/<stem>.png`. The
-    predicted-mask panel uses the calibrated `pixel_threshold` on sigmoid probabilities when there
-    is one (model.yaml), else 0.5 on the min-max normalised map; its title says which."""
-    maps = min_max_normalize(predictions.anomaly_maps)
-    maps = np.nan_to_num(maps, nan=0.0)
+    """One PNG per test image under `<directory>/<type>/<Normal|Anomalous>/<stem>.png`. The map and
+    predicted-mask panels use the calibrated `pixel_threshold` on sigmoid probabilities when there
+    is one (model.yaml), else 0.5 on the min-max normalised map (common/visualize.figure_maps)."""
+    shown = figure_maps(predictions.anomaly_maps, pixel_threshold, maps_are_probabilities)
     score, seg_score = normalized_scores(predictions.anomaly_maps, predictions.scores)
-    if pixel_threshold is None:
-        masks = [None] * len(maps)
-        title = "mask: min-max map >= 0.5"
-    else:
-        probabilities = predictions.anomaly_maps if maps_are_probabilities else 1 / (1 + np.exp(-predictions.anomaly_maps))
-        masks = list(probabilities > pixel_threshold)
-        title = f"mask: calibrated p > {pixel_threshold:.3f}"
-    items = zip(predictions.image_paths, predictions.gt_masks, maps, score, seg_score, predictions.labels, masks)
+    items = zip(predictions.image_paths, predictions.gt_masks, shown.maps, score, seg_score, predictions.labels,
+                shown.masks)
     for image_path, gt_mask, anomaly_map, s, seg, label, mask in tqdm(
         items, total=len(predictions.labels), desc="figures", leave=False, disable=not progress
     ):
         image_path = Path(image_path)
         kind = "Anomalous" if label == 1 else "Normal"
-        panel = render_panel(str(image_path), gt_mask, anomaly_map, float(s), float(seg), int(label), mask, title)
+        panel = render_panel(str(image_path), gt_mask, anomaly_map, float(s), float(seg), int(label), mask,
+                             shown.mask_title, shown.threshold, shown.scale_name)
         save_panel(Path(directory) / image_path.parent.name / kind / f"{image_path.stem}.png", panel)

@@ -3,6 +3,7 @@ and the comparison with the paper printed at the end (what train.py does)."""
 
 import argparse
 import copy
+from functools import partial
 from typing import Any
 
 from common.catalog import ratio_folder
@@ -11,6 +12,7 @@ from common.device import resolve_device
 from common.fileio import check_writable_dir, clean_stale_temporaries
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter, comparison_table, read_last_csv
+from deploy.report import describe_unit, write_run_report, write_unit_data
 from engine.evaluate import format_metrics
 from engine.fit import fit_unit
 from engine.outputs import TrainLayout
@@ -76,9 +78,12 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
             from common.wandb_logger import WandbLogger
 
             logger = WandbLogger(config["wandb_project"], f"{unit.name}_{setup_name(config, run_id)}", config)
+        report = None if args.no_report else partial(write_unit_data, layout.results_dir(), describe_unit(
+            args.dataset, unit.name, {"category": unit.report_category, **unit.row_extra}, config, run_id, ratio,
+            split, "training"))
         values, notes, tag = fit_unit(
             split, config, device, layout, save_figures=not args.no_figures, progress=not args.no_progress,
-            logger=logger, resume=args.resume, regime=regime,
+            logger=logger, resume=args.resume, regime=regime, after_evaluation=report,
         )
         if logger is not None:
             logger.finish()
@@ -88,6 +93,9 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
             print(f"  note: {note}")
         writer.add(unit.report_category, values, backbone_weights=tag, version=version, regime=regime, **unit.row_extra)
         writer.save(layout.results_dir())  # after every unit, so a crash keeps what is done
+        if not args.no_report:
+            write_run_report(layout.results_dir(), args.dataset, version, ratio,
+                             f"SuperSimpleNet training: {args.dataset}, {setup_name(config, run_id)}")
         resume_path(checkpoint_dir).unlink(missing_ok=True)  # the unit is complete
         for metric, value in values.items():
             ours.setdefault(metric, {}).setdefault(unit.report_category, []).append(value)
@@ -100,4 +108,5 @@ def train_one_run(args: argparse.Namespace, config: dict[str, Any], run_id: int,
     if "random" in weights_tags:
         title += "  [RANDOM backbone weights: not comparable to the paper]"
     print(comparison_table(args.dataset, averaged, METRIC_NAMES, title=title, version=version, ratio=ratio or "1"))
-    print(f"Results: {layout.results_dir() / 'last.csv'}")
+    print(f"Results: {layout.results_dir() / 'last.csv'}"
+          + ("" if args.no_report else f"; report: {layout.results_dir() / 'report.html'}"))

@@ -250,3 +250,56 @@ def test_compute_metrics_nan_from_infinite_map_counts_as_zero():
     maps[masks > 0.5] = np.inf
     values, _ = compute_metrics(maps, masks, np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 1, 1, 0]))
     assert values["P-AUROC"] == 0.5
+
+
+def test_roc_and_pr_curves_are_what_auroc_and_ap_integrate():
+    from sklearn.metrics import precision_recall_curve
+
+    from common.metrics import area_under_roc, precision_recall_ranked, rank_scores, roc_curve_ranked
+
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 2, 200)
+    scores = (rng.integers(0, 12, 200) + 3 * labels).astype(np.float32)  # many ties
+    ranked = rank_scores(scores, labels)
+    roc = roc_curve_ranked(ranked)
+    fpr, tpr = roc.points()
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    # one vertex pair per distinct anomalous score: for pixels, a small share of all of them
+    assert roc.thresholds.size == np.unique(scores[labels == 1]).size
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    # the drawn polyline's trapezoids give the metric, and the metric is the curve's exact integral
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert area_under_roc(roc) == auroc(scores, labels)
+    pr = precision_recall_ranked(ranked)
+    expected_precision, expected_recall, expected_thresholds = precision_recall_curve(labels, scores)
+    by_threshold = dict(zip(expected_thresholds, zip(expected_precision, expected_recall)))
+    for threshold, precision, recall in zip(pr.thresholds, pr.precision, pr.recall):
+        assert (precision, recall) == pytest.approx(by_threshold[threshold], abs=1e-12)
+
+
+def test_pro_curve_stops_just_past_the_limit_and_integrates_to_aupro():
+    from common.metrics import area_under_pro, pro_curve_ranked
+
+    maps, masks = random_case(1, quantized=False)
+    curve = pro_curve_ranked(rank_pixels(maps, masks), 0.3)
+    fpr, pro = curve.points()
+    assert fpr[0] == 0.0 and fpr[-2] < 0.3 <= fpr[-1]
+    inside = fpr < 0.3
+    cut_fpr = np.r_[fpr[inside], 0.3]
+    cut_pro = np.r_[pro[inside], curve.pro_at_limit()]
+    assert np.trapezoid(cut_pro, cut_fpr) / 0.3 == pytest.approx(aupro(maps, masks), abs=1e-12)
+    assert area_under_pro(curve) == aupro(maps, masks)
+
+
+def test_compute_metrics_and_curves_gives_the_curve_of_every_defined_metric():
+    from common.metrics import METRIC_CURVES, compute_metrics_and_curves
+
+    maps, masks = random_case(5, quantized=True)
+    labels, scores = np.array([1, 1, 1, 0]), np.array([0.9, 0.2, 0.7, 0.4], dtype=np.float32)
+    values, notes, curves = compute_metrics_and_curves(maps, masks, scores, labels)
+    assert (values, notes) == compute_metrics(maps, masks, scores, labels)
+    assert set(curves) == set(METRIC_NAMES)
+    for name, curve in curves.items():
+        assert METRIC_CURVES[name][1](curve) == values[name], name
+    values, notes, curves = compute_metrics_and_curves(maps, np.zeros_like(masks), scores, np.zeros(4, int))
+    assert curves == {} and len(notes) == len(METRIC_NAMES)

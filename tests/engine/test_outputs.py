@@ -4,17 +4,19 @@ image, where the map is), the scores file, and the layouts' paths."""
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from common.image_io import read_rgb
-from common.visualize import TITLE_HEIGHT
+from common.visualize import GAP, panel_size
 from engine.evaluate import Predictions
 from engine.outputs import EvalLayout, TrainLayout, write_figures, write_scores_json
 from tests.engine.helpers import write_rgb
 
 H, W = 24, 32
 GRAY = 128
+PANEL_H, PANEL_W = panel_size(H, W, H, W)  # the figures enlarge the 24 x 32 panels, same aspect
 
 
 def gray_predictions(root: Path) -> Predictions:
@@ -30,35 +32,44 @@ def gray_predictions(root: Path) -> Predictions:
     return Predictions(maps, masks, np.array([0.2, 0.9], dtype=np.float32), np.array([0, 1]), paths, ["", ""])
 
 
-def heat_panel(figure: np.ndarray) -> np.ndarray:
-    return figure[TITLE_HEIGHT:, 3 * W : 4 * W].astype(np.int64)
+def panel(figure: np.ndarray, index: int) -> np.ndarray:
+    """Panel `index` (0 image, 1 GT, 2 predicted mask, 3 map) of a figure, without its title."""
+    left = index * (PANEL_W + GAP)
+    return figure[-PANEL_H:, left: left + PANEL_W].astype(np.int64)
 
 
-def test_figures_heat_map_panel_follows_the_map(tmp_path):
+@pytest.mark.parametrize("pixel_threshold", [None, 0.5])
+def test_figures_heat_map_panel_follows_the_map(tmp_path, pixel_threshold):
     predictions = gray_predictions(tmp_path / "images")
-    write_figures(tmp_path / "visual", predictions, progress=False)
+    write_figures(tmp_path / "visual", predictions, progress=False, pixel_threshold=pixel_threshold)
     normal = read_rgb(tmp_path / "visual" / "good" / "Normal" / "000.png")
     anomalous = read_rgb(tmp_path / "visual" / "crack" / "Anomalous" / "001.png")
-    assert normal.shape == anomalous.shape == (H + TITLE_HEIGHT, 4 * W, 3)
+    assert normal.shape == anomalous.shape and normal.shape[0] > PANEL_H
+    assert (PANEL_H, PANEL_W) == (120, 160)
 
+    half = PANEL_W // 2
     for figure, hot_left in ((normal, True), (anomalous, False)):
-        image_panel = figure[TITLE_HEIGHT:, :W].astype(np.int64)
+        image_panel = panel(figure, 0)
         assert np.all(image_panel == GRAY)  # the first panel is the plain image
-        heat = heat_panel(figure)
+        heat = panel(figure, 3)
         assert np.abs(heat - image_panel).max() > 50  # the heat-map panel is not the plain image
-        hot = heat[:, 2 : W // 2 - 2] if hot_left else heat[:, W // 2 + 2 : -2]
-        cold = heat[:, W // 2 + 2 : -2] if hot_left else heat[:, 2 : W // 2 - 2]
-        # half gray, half JET: map 1 is dark red (128, 0, 0), map 0 dark blue (0, 0, 128), so
-        # the hot half is about (128, 64, 64) and the cold half about (64, 64, 128)
-        assert np.abs(hot.mean(axis=(0, 1)) - [128, 64, 64]).max() <= 2
-        assert np.abs(cold.mean(axis=(0, 1)) - [64, 64, 128]).max() <= 2
+        hot = heat[:, 4: half - 4] if hot_left else heat[:, half + 4: -4]
+        cold = heat[:, half + 4: -4] if hot_left else heat[:, 4: half - 4]
+        if pixel_threshold is None:
+            # half gray, half JET of the min-max map: 1 is dark red (128, 0, 0), 0 dark blue (0, 0, 128),
+            # so the hot half is about (128, 64, 64) and the cold half about (64, 64, 128)
+            assert np.abs(hot.mean(axis=(0, 1)) - [128, 64, 64]).max() <= 2
+            assert np.abs(cold.mean(axis=(0, 1)) - [64, 64, 128]).max() <= 2
+        else:  # calibrated: the probabilities sigmoid(3) = 0.95 and sigmoid(-1) = 0.27 on the fixed scale
+            assert hot[..., 0].mean() > 120 and cold[..., 2].mean() > 120 and cold[..., 0].mean() < 80
         # the predicted-mask panel marks the hot half
-        predicted = figure[TITLE_HEIGHT:, 2 * W : 3 * W, 0]
-        assert np.all(predicted[:, : W // 2] == (255 if hot_left else 0))
-        assert np.all(predicted[:, W // 2 :] == (0 if hot_left else 255))
+        predicted = panel(figure, 2)[..., 0]
+        assert np.all(predicted[:, : half] == (255 if hot_left else 0))
+        assert np.all(predicted[:, half:] == (0 if hot_left else 255))
     # the GT panel shows the anomalous image's mask
-    gt = anomalous[TITLE_HEIGHT:, W : 2 * W, 0]
-    assert np.array_equal(gt, predictions.gt_masks[1] * 255)
+    gt = panel(anomalous, 1)[..., 0]
+    expected = cv2.resize(predictions.gt_masks[1] * 255, (PANEL_W, PANEL_H), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(gt, expected)
 
 
 def test_scores_json_holds_normalised_scores_by_type_and_class(tmp_path):

@@ -2,8 +2,9 @@
 training run under `--version icpr` must give the checkpoint bytes, metrics and file layout that
 the project gave before the engine layer and the journal version were added. The values were
 recorded with the code of commit 6760f7e on this project's CPU machine (torch 2.14.1, one thread);
-a change of any of them means the ICPR configuration no longer reproduces what it did. (The one
-file added since is `model.yaml` beside each checkpoint, which records how it was trained.)"""
+a change of any of them means the ICPR configuration no longer reproduces what it did. (The files
+added since are `model.yaml` beside each checkpoint, which records how it was trained, and the run
+report: `report.html` beside last.csv and its unit data in `report_units/`.)"""
 
 import contextlib
 import csv
@@ -27,6 +28,8 @@ MVTEC_FILES = [
     "superSimpleNet/checkpoints/mvtec/bottle/weights.pt",
     "superSimpleNet/mvtec/avg.csv",
     "superSimpleNet/mvtec/last.csv",
+    "superSimpleNet/mvtec/report.html",
+    "superSimpleNet/mvtec/report_units/bottle.json",
     "superSimpleNet/scores/mvtec/bottle/scores.json",
     *[f"superSimpleNet/visual/mvtec/bottle/good/Normal/00{i}.png" for i in range(3)],
     *[f"superSimpleNet/visual/mvtec/bottle/hole/Anomalous/00{i}.png" for i in range(3)],
@@ -42,6 +45,8 @@ KSDD2_FILES = [
     "superSimpleNet/checkpoints/ksdd2/ksdd2/weights.pt",
     "superSimpleNet/ksdd2/avg.csv",
     "superSimpleNet/ksdd2/last.csv",
+    "superSimpleNet/ksdd2/report.html",
+    "superSimpleNet/ksdd2/report_units/ksdd2.json",
     "superSimpleNet/scores/ksdd2/ksdd2/scores.json",
 ]
 

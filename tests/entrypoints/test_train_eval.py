@@ -17,6 +17,7 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from common.metrics import METRIC_NAMES
+from common.visualize import BAR_WIDTH, GAP, panel_size
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["backbone=resnet18", "pretrained=false", "image_size=[64,64]", "epochs=2", "batch=4",
@@ -133,7 +134,9 @@ def test_train_writes_checkpoint_csvs_scores_and_figures(trained):
 
     figures = sorted((run / "visual" / "folder" / "widget" / "1").rglob("*.png"))
     assert len(figures) == 6
-    assert cv2.imread(str(figures[0])).shape == (64 + 18, 4 * 64, 3)
+    height, width = panel_size(72, 72, 64, 64)  # the 72 x 72 images in their own aspect ratio
+    figure = cv2.imread(str(figures[0]))
+    assert figure.shape[1] == 4 * (width + GAP) + BAR_WIDTH and figure.shape[0] > height
 
 
 def test_same_seed_gives_bit_identical_checkpoints(trained, tmp_path):
