@@ -7,7 +7,7 @@ settings table (common/), nothing of the engine."""
 from typing import Any, Iterable
 
 from common.catalog import dataset_entry
-from common.config import build_config
+from common.config import build_config, supervision_regime
 
 BACKBONE_WEIGHTS = {"imagenet": "ImageNet weights", "random": "RANDOM weights (not comparable to the paper)"}
 
@@ -27,21 +27,22 @@ def training_counts(train_samples: Iterable[Any]) -> dict[str, int]:
 
 
 def regime(dataset: str, config: dict[str, Any], counts: dict[str, int]) -> str:
-    """The supervision regime in words from the training counts, with the dataset's ratio setting:
-    'unsupervised', 'weak', 'mixed' or 'full', then what it trained on."""
+    """The supervision regime as last.csv and model.yaml name it (common/config.py
+    `supervision_regime`: 'unsupervised', 'weak', 'mixed' or 'full'), then what the unit trained on
+    and the dataset's ratio setting."""
     defective, with_masks = counts["defective"], counts["with_masks"]
+    name = supervision_regime(dataset, config, with_masks, counts["labels_only"])
     if defective == 0:
-        words = "unsupervised: normal images only"
+        detail = "normal images only"
     elif with_masks == 0:
-        words = f"weak: {defective} defective images with image labels only"
+        detail = f"{defective} defective images with image labels only"
     elif with_masks == defective:
-        words = f"full: {defective} defective images, all with masks"
+        detail = f"{defective} defective images, all with masks"
     else:
-        words = f"mixed: {with_masks} of {defective} defective images with masks, the others with image labels only"
+        detail = f"{with_masks} of {defective} defective images with masks, the others with image labels only"
     setting = dataset_entry(dataset).ratio_setting
-    if setting and setting in config:
-        words += f" ({setting} = {config[setting]})"
-    return words
+    ratio = f" ({setting} = {config[setting]})" if setting and setting in config else ""
+    return f"{name}: {detail}{ratio}"
 
 
 def settings_differences(dataset: str, version: str, config: dict[str, Any], run_id: int) -> list[tuple[str, Any, Any]]:
