@@ -30,6 +30,7 @@ from common.fileio import locked_folder, write_json_atomic  # noqa: E402
 from common.metrics import METRIC_NAMES  # noqa: E402
 from common.results import (ResultsWriter, comparison_table, read_last_csv, summarize_runs,  # noqa: E402
                             write_summary_json)
+from deploy.report.summary_page import write_summary_report  # noqa: E402
 from slurm.manifest import Manifest, ManifestUnit, is_complete, last_status, load_manifest  # noqa: E402
 
 STATES = ("complete", "failed", "interrupted", "missing")
@@ -126,6 +127,14 @@ def merge_summary(path: Path, summaries: dict[str, dict], ratios: dict[str, str]
         write_json_atomic(path, merged)
 
 
+def _run_reports(manifest: Manifest) -> dict[str, dict[str, Path]]:
+    """{dataset: {run id: the report.html beside that run's last.csv}} for the summary page's links."""
+    reports: dict[str, dict[str, Path]] = {}
+    for unit in manifest.units:
+        reports.setdefault(unit.dataset, {})[str(unit.run_id)] = Path(unit.results_dir) / "report.html"
+    return reports
+
+
 def aggregate(folder: Path, log_pattern: str = "") -> tuple[int, str]:
     """Aggregate the submission whose manifest is in `folder`; returns (exit code, report text).
     Exit code 0 when every unit is complete, 1 otherwise (the summary covers what is there)."""
@@ -151,6 +160,11 @@ def aggregate(folder: Path, log_pattern: str = "") -> tuple[int, str]:
         ratios = {d: r for d, r in manifest.datasets.items() if d in summaries}
         merge_summary(Path(manifest.summary_path), summaries, ratios if manifest.version == "jims" else None)
         lines.append(f"Summary (mean and std over runs): {manifest.summary_path}")
+        if not any("--no-report" in unit.argv for unit in manifest.units):
+            page = write_summary_report(Path(manifest.summary_path).parent, summaries, ratios, manifest.version,
+                                        manifest.runs, _run_reports(manifest))
+            if page:
+                lines.append(f"Report: {page}")
 
     counts = {state: sum(s.state == state for s in states) for state in STATES}
     problems = [s for s in states if s.state != "complete"]

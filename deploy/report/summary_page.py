@@ -3,6 +3,7 @@ over the run ids of every metric (common/results.summarize_runs), the paper's fi
 and a link to each run's own report. Cells carry data-dataset, data-unit (category or "total"),
 data-metric, data-mean and data-std (repr of the floats, "" when undefined)."""
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def write_summary_report(results_path: Path, summaries: dict[str, dict], ratios:
     results_path = Path(results_path)
     sections = []
     for dataset, summary in summaries.items():
-        links = {run_id: path.resolve().relative_to(results_path.resolve()).as_posix()
+        # relative links (a training run N > 0 sits beside <setup_name>/, not inside it)
+        links = {run_id: Path(os.path.relpath(Path(path).resolve(), results_path.resolve())).as_posix()
                  for run_id, path in run_reports.get(dataset, {}).items() if Path(path).is_file()}
         sections.append(dataset_section(dataset, summary, version, ratios.get(dataset, ""), links))
     built = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -84,6 +84,13 @@ def test_every_unit_complete_gives_mean_and_std_over_runs(tmp_path):
     report_json = json.loads((folder / "report.json").read_text())
     assert report_json["complete"] and report_json["counts"]["complete"] == 4
 
+    # the mean ± std page beside results_avg_std.json, linking each run's page (run 1 sits beside demo/)
+    for setup in ("demo", "demo_run1"):
+        (tmp_path / "res" / setup / "demo" / "1" / "report.html").write_text("<html></html>")
+    agg.aggregate(folder)
+    page = (tmp_path / "res" / "demo" / "report.html").read_text()
+    assert 'href="demo/1/report.html"' in page and 'href="../demo_run1/demo/1/report.html"' in page, page
+
 
 def test_failed_interrupted_and_missing_units_are_reported(tmp_path):
     manifest = make_manifest(tmp_path)
