@@ -13,10 +13,13 @@ Masks are read by one of two rules:
   channel (black strokes on a transparent canvas).
 """
 
+import re
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from common.errors import UserError
 
@@ -50,6 +53,40 @@ def read_rgb(path: Path | str) -> np.ndarray:
 
 PUBLISHED_MASK_RULE, NONZERO_MASK_RULE = "published", "nonzero"
 MASK_RULES = (PUBLISHED_MASK_RULE, NONZERO_MASK_RULE)
+
+
+def header_size(path: Path | str) -> tuple[int, int] | None:
+    """(height, width) from the file's header, nothing decoded; None when Pillow cannot tell (a format
+    it does not know, a damaged file: the decoder reports that). Beyond Pillow's own bomb limit the
+    size is taken from its refusal."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.height, image.width
+    except Image.DecompressionBombError as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found[1]) if found else Image.MAX_IMAGE_PIXELS * 2 + 1
+        return pixels, 1  # only the product is known
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def mis_sized_mask_error(image_path: Path | str, image_size: tuple[int, int], mask_path: Path | str,
+                         mask_size: tuple[int, int]) -> UserError:
+    return UserError(
+        f"mask {mask_path} is {mask_size[1]}x{mask_size[0]} but its image {image_path} is "
+        f"{image_size[1]}x{image_size[0]}; masks must have the size of their image"
+    )
+
+
+def check_mask_sizes(pairs: list[tuple[str, str]]) -> None:
+    """Every (image, mask) pair's sizes from the files' headers, before anything trains: a mask of
+    another size is the UserError that reading the pair would give later (after a whole training)."""
+    for image_path, mask_path in pairs:
+        image_size, mask_size = header_size(image_path), header_size(mask_path)
+        if image_size is not None and mask_size is not None and image_size != mask_size:
+            raise mis_sized_mask_error(image_path, image_size, mask_path, mask_size)
 
 
 def _unreadable_mask(path: Path | str) -> UserError:
@@ -137,8 +174,5 @@ def read_sample(
         return image, np.zeros(image.shape[:2], dtype=np.float32)
     mask = read_mask(mask_path, mask_rule)
     if mask.shape[:2] != image.shape[:2]:
-        raise UserError(
-            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-            f"{image.shape[1]}x{image.shape[0]}; masks must have the size of their image"
-        )
+        raise mis_sized_mask_error(image_path, image.shape[:2], mask_path, mask.shape[:2])
     return image, mask

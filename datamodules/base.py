@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import UserError
-from common.image_io import image_to_tensor_array, mask_to_array, read_sample
+from common.image_io import check_mask_sizes, image_to_tensor_array, mask_to_array, read_sample
 from common.masks import dilate_mask, distance_weights
 
 NORMAL, ANOMALOUS = 0, 1
@@ -88,6 +88,12 @@ class DatasetSplit:
         kept = [s for i, s in enumerate(self.train) if i not in chosen]
         held = [self.train[i] for i in sorted(chosen)]
         return replace(self, train=kept), held
+
+    def check_mask_sizes(self) -> None:
+        """Every mask the split will read has its image's size (from the files' headers): a
+        mismatch is found before training, not when the test set is read after it."""
+        check_mask_sizes([(s.image_path, s.mask_path) for s in self.train + self.test
+                          if s.label == ANOMALOUS and s.mask_path and s.is_segmented])
 
     def check_not_empty(self, root: Any) -> None:
         if not self.train:

@@ -3,8 +3,6 @@ finding the image files of folders (`find_images`), decoding and resizing them i
 of the model (`loaded_batches`), and running a `Backend` over them (`infer_loaded`, `infer_paths`).
 An unreadable image is reported (path, reason) and skipped, never fatal."""
 
-import re
-import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,11 +11,10 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.image_io import IMAGE_EXTENSIONS, image_to_tensor_array, read_rgb
+from common.image_io import IMAGE_EXTENSIONS, header_size, image_to_tensor_array, read_rgb
 from deploy.backends import Backend
 
 # what predict.py reads: the training formats and a few more that OpenCV decodes
@@ -70,17 +67,9 @@ def find_images(inputs: Iterable[Path], exclude: Path | None = None) -> tuple[li
 
 def image_pixels(path: Path) -> int | None:
     """Width x height from the file's header (nothing decoded); None when Pillow cannot tell (a
-    format it does not know: OpenCV decides then). Above Pillow's own bomb limit: its size anyway."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.width * image.height
-    except Image.DecompressionBombError as error:
-        found = re.search(r"\((\d+) pixels\)", str(error))
-        return int(found[1]) if found else Image.MAX_IMAGE_PIXELS * 2 + 1
-    except (OSError, ValueError, SyntaxError):
-        return None
+    format it does not know: OpenCV decides then)."""
+    size = header_size(path)
+    return None if size is None else size[0] * size[1]
 
 
 def load_image(path: Path, image_size: tuple[int, int],

@@ -82,6 +82,7 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
                             f"there and run with --version {card_version}")
         config = apply_card(dataset_config, card, chosen, weights, args.version_chosen)
         split = dataset_units(dataset, config, args.datasets_folder, [unit.name])[0].load()
+        split.check_mask_sizes()
         weak = len(split.train_weak)
         regime = supervision_regime(dataset, config, len(split.train_anomalous) - weak, weak)
         seed_everything(config["seed"])

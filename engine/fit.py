@@ -116,6 +116,7 @@ def fit_unit(
     evaluation is done (the run report's unit data)."""
     journal = config["version"] == "jims"
     checkpoint_dir = layout.checkpoint_dir(split.category)
+    split.check_mask_sizes()
     split, calibration_images = split.hold_out_normals(config["calibration_split"], config["seed"])
     if calibration_images:
         print(f"  {len(calibration_images)} normal training images held back to calibrate thresholds")
