@@ -32,6 +32,7 @@ from common.image_io import IMAGENET_MEAN, IMAGENET_STD
 from engine.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, sidecar_path
 from engine.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
 from engine.checkpoints import LoadedCheckpoint, load_checkpoint
+from engine.outputs import backbone_weights_tag
 from model.fast_inference import FastSuperSimpleNet, build_fast_model
 from model.supersimplenet import SuperSimpleNet
 
@@ -174,7 +175,7 @@ def make_sidecar(loaded: LoadedCheckpoint, export_format: str, precision: str, d
         "model": {key: card.get(key, loaded.config.get(key)) for key in
                   ("version", "dataset", "unit", "backbone", "layers", "patch_size", "adapt_cls_features", "seed")}
                  | {"image_size": [height, width], "backbone_weights": card.get(
-                     "backbone_weights", "imagenet" if loaded.model.uses_pretrained_backbone else "random")},
+                     "backbone_weights", backbone_weights_tag(loaded.model))},
         "source": {"weights": str(loaded.weights), "weights_sha256": file_digest(loaded.weights),
                    "exported_with": f"torch {torch.__version__}"},
     }

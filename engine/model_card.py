@@ -29,6 +29,8 @@ def make_card(
         "adapt_cls_features": config["adapt_cls_features"],
         "seed": config["seed"],
         "backbone_weights": backbone_weights,
+        # where the backbone's weights came from: kind torchvision | timm | file | random, a file's path and sha256
+        "backbone_weights_source": dict(model.feature_extractor.weights_source),
         "settings": {key: value for key, value in config.items() if key != "version"},
         "thresholds": {},
     }

@@ -22,12 +22,23 @@ from model.supersimplenet import SuperSimpleNet
 
 
 def backbone_description(model: SuperSimpleNet) -> str:
+    source = model.feature_extractor.weights_source  # model/feature_extractor.py; docs/backbones.md
+    if source["kind"] == "file":
+        return f"{model.backbone_name} with weights from {source['path']} (SHA-256 {source['sha256'][:12]}...)"
+    if source["kind"] == "timm":
+        return f"{model.backbone_name} with timm's {source['name']} weights ({source['path']})"
     if model.uses_pretrained_backbone:
         return f"{model.backbone_name} with ImageNet IMAGENET1K_V1 weights"
     return f"{model.backbone_name} with RANDOM weights (pretrained=false): not comparable to the paper"
 
 
 def backbone_weights_tag(model: SuperSimpleNet) -> str:
+    """imagenet (torchvision's), random, file:<first 8 hex digits of its SHA-256> or timm:<pretrained tag>."""
+    source = model.feature_extractor.weights_source
+    if source["kind"] == "file":
+        return f"file:{source['sha256'][:8]}"
+    if source["kind"] == "timm":
+        return f"timm:{source['name'].partition('.')[2] or source['name']}"
     return "imagenet" if model.uses_pretrained_backbone else "random"
 
 
