@@ -127,6 +127,24 @@ def test_check_backbone_is_one_line_naming_what_is_available(backbone, layers, f
     assert str(built.value) == message
 
 
+def test_model_without_features_only_is_one_line(monkeypatch):
+    """Every model of timm 1.0.31 builds with features_only=True, so a refusal is simulated (as timm's
+    inception_v3 with aux_logits refuses it: an assertion)."""
+    real = timm.create_model
+
+    def refusing(name, **kwargs):
+        if kwargs.get("features_only"):
+            raise AssertionError("features_only not implemented for this model")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", refusing)
+    with pytest.raises(UserError) as error:
+        check_backbone("timm:resnet18", [2, 3])
+    message = str(error.value)
+    assert "timm:resnet18 cannot give feature maps" in message and "features_only" in message
+    assert "\n" not in message
+
+
 def test_check_allocates_nothing_and_draws_no_random_number(tmp_path):
     path = saved(random_state_dict("resnet18"), tmp_path / "resnet18.pth")
     torchvision_path = saved(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pth")
