@@ -494,6 +494,10 @@ CASES = [
     Case("perf-output-dir-under-a-file", with_setup(with_file_in_the_way, lambda w, c: [
         "perf/perf_main.py", "cpu", "--device", "cpu", "--output-dir", str(c / "a_file" / "sub")]), ("--output-dir",)),
     Case("perf-precision-unknown", perf("cpu", "--device", "cpu", "--precision", "fp64"), ("fp64",)),
+    # --- perf/bench_backbones.py ---
+    Case("bench-backbones-unknown", lambda w, c: ["perf/bench_backbones.py", "--backbones", "resnet18", "timm:nope_net",
+                                                  "--output", str(c / "out.csv")], ("timm:nope_net is not a timm model",)),
+    Case("bench-backbones-reps-zero", lambda w, c: ["perf/bench_backbones.py", "--reps", "0"], ("--reps",)),
     # --- dataset preparation scripts ---
     Case("prepare-mvtec-archive-missing", setup_script("prepare_mvtec.py", "--archive", "{case}/absent.tar.xz"),
          ("absent.tar.xz",)),
