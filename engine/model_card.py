@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from common.fileio import file_digest
 from model.checkpoint import model_card_path
 from model.supersimplenet import MODEL_SETTINGS, SuperSimpleNet
 
@@ -53,8 +54,22 @@ def apply_card(
         if key not in card["settings"]:
             continue
         value = card["settings"][key]
-        if key in chosen and chosen[key] != value:
+        if key == "backbone_weights" and value:  # the file may move, its content may not change
+            value = chosen.get(key) or value
+            _check_backbone_file(value, card, where)
+        elif key in chosen and chosen[key] != value:
             raise UserError(f"--set {key}={chosen[key]!r} contradicts {where} ({key}: {value!r}); "
                             "drop the setting: the checkpoint was trained with the card's value")
         updated[key] = value
     return updated
+
+
+def _check_backbone_file(path: str, card: dict[str, Any], where: Path) -> None:
+    """A backbone_weights file that exists must be the one the card recorded (its SHA-256); a missing one
+    is reported when the model is built."""
+    recorded = (card.get("backbone_weights_source") or {}).get("sha256")
+    file = Path(path).expanduser()
+    if recorded and file.is_file() and file_digest(file) != recorded:
+        raise UserError(f"backbone_weights file {file} is not the one {where} was trained with (SHA-256 "
+                        f"{file_digest(file)[:12]}..., recorded {recorded[:12]}...); give that file, e.g. "
+                        "--set backbone_weights=PATH where it now lies")

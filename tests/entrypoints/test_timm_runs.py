@@ -1,7 +1,7 @@
 """End to end with a timm backbone: train.py (timm:resnet18, feature indices [2, 3], a local weights
 file of random values, 64 x 64, one epoch) writes the published 19-key checkpoint and a model.yaml
 that records the backbone, its layers and the weights file's SHA-256; eval.py --from-training
-rebuilds it from that card alone; predict.py's fast path agrees with --eager; export.py's ONNX file
+rebuilds it from that card alone, and the weights file may move but not change; predict.py's fast path agrees with --eager; export.py's ONNX file
 agrees with the eager model under onnxruntime (timm:resnet18 and timm:efficientnet_b0)."""
 
 import contextlib
@@ -18,6 +18,7 @@ import eval as eval_cli
 import predict
 import train as train_cli
 from common.config import default_config
+from common.errors import UserError
 from common.fileio import file_digest
 from common.metrics import METRIC_NAMES
 from engine.checkpoints import LoadedCheckpoint, load_checkpoint
@@ -72,6 +73,18 @@ def test_eval_from_training_rebuilds_the_model_from_its_card(trained, tmp_path):
     trained_row = read_csv(results / "superSimpleNet" / "folder" / "1" / "last.csv")[0]
     for metric in METRIC_NAMES:
         assert float(evaluated[metric]) == pytest.approx(float(trained_row[metric]), abs=1e-6), metric
+
+
+def test_a_moved_weights_file_is_accepted_and_another_one_refused(trained, tmp_path):
+    checkpoint, weights_file = trained[2], trained[3]
+    moved = tmp_path / "elsewhere.pth"
+    moved.write_bytes(weights_file.read_bytes())
+    loaded = load_checkpoint(checkpoint, "jims", overrides=[f"backbone_weights={moved}"], verbose=False)
+    assert loaded.model.feature_extractor.weights_source["path"] == str(moved)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), other)
+    with pytest.raises(UserError, match="is not the one .* was trained with"):
+        load_checkpoint(checkpoint, "jims", overrides=[f"backbone_weights={other}"], verbose=False)
 
 
 def predictions(argv: list[str], output, capsys) -> tuple[dict[str, dict], str]:
