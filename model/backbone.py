@@ -10,6 +10,11 @@ mismatch (a different or damaged file) is reported as one warning line, and load
 A missing file is downloaded to a temporary name next to the final one and only renamed into
 place once it has loaded, so an interrupted or truncated download never sits under the final
 name.
+
+`check_backbone` checks any backbone (torchvision or `timm:<name>`, model/timm_backbone.py), its
+layers and a `backbone_weights` file before any work; `build_resnet_stages` builds the stages the
+torchvision extractor runs, with the ImageNet weights, a local file's (model/weights_file.py) or
+random ones (docs/backbones.md).
 """
 
 import os

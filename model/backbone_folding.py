@@ -63,7 +63,7 @@ def _foldable_norm(module: nn.Module) -> bool:
     """An eval BatchNorm on running statistics: torch's own, or timm's BatchNorm + drop + activation."""
     kinds = tuple(kind for kind in (nn.BatchNorm2d, _batchnorm_act_class()) if kind is not None)
     return (type(module) in kinds and module.track_running_stats and module.running_mean is not None
-            and module.running_var is not None)
+            and module.running_var is not None and module.weight is not None and module.bias is not None)
 
 
 def traced_conv_batchnorm_pairs(module: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
