@@ -65,8 +65,9 @@ def _meta_model(name: str, **kwargs: Any) -> nn.Module:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
         hint = f"close names: {', '.join(close)}; " if close else ""
+        listing = "python -c \"import timm; print(timm.list_models('*resnet*'))\""
         raise UserError(f"backbone timm:{name} is not a timm model ({hint}timm {timm.__version__} has "
-                        f"{len(timm.list_models())} models: python -c \"import timm; print(timm.list_models('*resnet*'))\")")
+                        f"{len(timm.list_models())} models: {listing})")
     try:
         with torch.device("meta"):
             return timm.create_model(name, pretrained=False, **kwargs)
@@ -184,8 +185,8 @@ def hf_cache_dir() -> Path:
 
 
 def pretrained_weights_file(name: str) -> tuple[Path, str, str]:
-    """(path, origin, model name with its pretrained tag) of timm's pretrained weights for `name` in the local caches, as timm would use
-    them: the Hugging Face hub repository (model.safetensors, else pytorch_model.bin), else the file
+    """(path, origin, model name with its pretrained tag) of timm's pretrained weights for `name` in the
+    local caches, as timm would use them: the Hugging Face hub repository (model.safetensors, else pytorch_model.bin), else the file
     of the weights' URL in $TORCH_HOME/hub/checkpoints. A UserError naming the file when absent."""
     timm = _timm()
     try:

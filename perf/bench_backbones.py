@@ -102,8 +102,9 @@ def stored_numbers(fast) -> int:
     import torch
 
     backbone = sum(t.numel() for t in [*fast.stages.parameters(), *fast.stages.buffers()])
-    head = [value for value in vars(fast).values() if isinstance(value, torch.Tensor)]
-    head += [t for value in vars(fast).values() if isinstance(value, list) for t in value if isinstance(t, torch.Tensor)]
+    attributes = vars(fast).values()
+    head = [value for value in attributes if isinstance(value, torch.Tensor)]
+    head += [t for value in attributes if isinstance(value, list) for t in value if isinstance(t, torch.Tensor)]
     return backbone + sum(t.numel() for t in head)
 
 

@@ -1,8 +1,9 @@
 """End to end with a timm backbone: train.py (timm:resnet18, feature indices [2, 3], a local weights
 file of random values, 64 x 64, one epoch) writes the published 19-key checkpoint and a model.yaml
 that records the backbone, its layers and the weights file's SHA-256; eval.py --from-training
-rebuilds it from that card alone, and the weights file may move but not change; predict.py's fast path agrees with --eager; export.py's ONNX file
-agrees with the eager model under onnxruntime (timm:resnet18 and timm:efficientnet_b0)."""
+rebuilds it from that card alone, and the weights file may move but not change; predict.py's fast
+path agrees with --eager; export.py's ONNX file agrees with the eager model under onnxruntime
+(timm:resnet18 and timm:efficientnet_b0)."""
 
 import contextlib
 import csv
