@@ -44,8 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"), help="default 256 256")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
     parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement, after as many warm-up ones")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 is steadiest on a machine shared with other jobs")
     parser.add_argument("--output", type=Path, default=None, help="default paper_results/backbones_<device>.csv")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.reps < 1:
         raise UserError(f"--reps must be at least 1, got {args.reps}")
     if min(args.size) < 32:
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     from model.backbone import check_backbone
     from perf.report import device_name
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     chosen = [backbone_and_layers(text) for text in args.backbones]
     for backbone, layers in chosen:  # every name and index before any timing
