@@ -21,8 +21,9 @@ from common.fileio import is_plain_name
 
 VERSIONS = ("jims", "icpr")
 DEFAULT_VERSION = "jims"  # as the authors' code today
-BACKBONES = ("wide_resnet50_2", "wide_resnet101_2", "resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("wide_resnet50_2", "wide_resnet101_2", "resnet18", "resnet34", "resnet50", "resnet101")  # torchvision
 BACKBONE_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+TIMM_PREFIX = "timm:"  # backbone: timm:<model name>, any timm model that builds with features_only=True
 NO_ANOMALY_CHOICES = ("empty", "full", "none")
 MIN_IMAGE_SIDE = 32
 MAX_SEED = 2**32 - 1  # numpy's generators take seeds up to here (torch and Python's take more)
@@ -55,8 +56,27 @@ def _image_size(value: list) -> bool:
     return value == [] or (len(value) == 2 and all(isinstance(v, int) and v >= MIN_IMAGE_SIDE for v in value))
 
 
+def is_timm_backbone(backbone: str) -> bool:
+    """True for `timm:<model name>` (the name itself is checked by model/backbone.py `check_backbone`)."""
+    return isinstance(backbone, str) and backbone.startswith(TIMM_PREFIX)
+
+
+def _backbone(value: str) -> bool:
+    if is_timm_backbone(value):
+        name = value[len(TIMM_PREFIX):]
+        return bool(name) and not any(c.isspace() for c in name)
+    return value in BACKBONES
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _layers(value: list) -> bool:
-    return bool(value) and all(v in BACKBONE_LAYERS for v in value) and len(set(value)) == len(value)
+    """Distinct torchvision stage names (layer1 ... layer4) or distinct timm feature indices (ints >= 0)."""
+    names = all(isinstance(v, str) and v in BACKBONE_LAYERS for v in value)
+    indices = all(_is_index(v) for v in value)
+    return bool(value) and (names or indices) and len(set(value)) == len(value)
 
 
 def _any(_value: Any) -> bool:
@@ -67,10 +87,14 @@ def _any(_value: Any) -> bool:
 # constructor takes its defaults from here (docs/method.md, "Datasets" and "Optimisation").
 SETTINGS: dict[str, Setting] = {
     # model
-    "backbone": Setting("wide_resnet50_2", _one_of(BACKBONES), f"one of {', '.join(BACKBONES)}",
-                        "torchvision backbone (frozen)"),
-    "layers": Setting(["layer2", "layer3"], _layers, f"distinct names from {', '.join(BACKBONE_LAYERS)}",
+    "backbone": Setting("wide_resnet50_2", _backbone, f"one of {', '.join(BACKBONES)} (torchvision), or "
+                        f"{TIMM_PREFIX}<model name> (any timm model with features_only, e.g. {TIMM_PREFIX}resnet18)",
+                        "ImageNet backbone (frozen); docs/backbones.md"),
+    "layers": Setting(["layer2", "layer3"], _layers, f"distinct names from {', '.join(BACKBONE_LAYERS)} "
+                      "(torchvision), or distinct feature indices >= 0 (timm's out_indices, e.g. [2, 3])",
                       "backbone stages whose features are used, largest first"),
+    "backbone_weights": Setting("", lambda v: "\n" not in v, "a file path, or '' (none)",
+                                "local state-dict file for the backbone; '' = the library's pretrained weights"),
     "patch_size": Setting(3, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1",
                           "neighbourhood of the feature average pooling"),
     "pretrained": Setting(True, _any, "true or false",
@@ -351,6 +375,24 @@ def validate(config: dict[str, Any]) -> None:
         setting = _setting(key)
         if not setting.check(value):
             raise UserError(f"setting {key}={value!r} is out of range: {key} must be {setting.accepted}")
+    _check_backbone_settings(config)
+
+
+def _check_backbone_settings(config: dict[str, Any]) -> None:
+    """The settings that must agree with each other: the kind of `layers` with the backbone's library, and
+    `backbone_weights` with `pretrained` (whether a timm name exists is model/backbone.py's check)."""
+    backbone, layers = config.get("backbone"), config.get("layers")
+    if backbone is not None and layers:
+        if is_timm_backbone(backbone) and not all(_is_index(v) for v in layers):
+            raise UserError(f"setting layers={layers!r} does not fit backbone={backbone}: a timm backbone takes "
+                            "feature indices (timm's out_indices), e.g. layers=[2,3]")
+        if not is_timm_backbone(backbone) and not all(isinstance(v, str) for v in layers):
+            raise UserError(f"setting layers={layers!r} does not fit backbone={backbone}: a torchvision backbone "
+                            f"takes stage names from {', '.join(BACKBONE_LAYERS)}, e.g. layers=[layer2,layer3] "
+                            f"(feature indices are for {TIMM_PREFIX}<name> backbones)")
+    if config.get("backbone_weights") and config.get("pretrained") is False:
+        raise UserError(f"setting backbone_weights={config['backbone_weights']} loads weights from a file and "
+                        "pretrained=false asks for random ones: drop one of the two")
 
 
 def format_config(config: dict[str, Any]) -> str:

@@ -51,6 +51,8 @@ class TorchBackend(Backend):
             self.model = model.to(self.device).eval()
         else:
             self.model = build_fast_model(model, self.device, torch.float32)
+            if self.model.folding_note:  # a backbone whose norms do not all fold (timm): say what runs as is
+                self.name = f"torch fast ({self.model.folding_note})"
 
     @torch.no_grad()
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

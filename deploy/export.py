@@ -33,6 +33,7 @@ from deploy.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBack
 from deploy.calibrate import UNCALIBRATED_THRESHOLD, Thresholds
 from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
 from deploy.formats import FORMATS, PRECISIONS, check_output, default_output
+from model.card import backbone_weights_tag
 from model.fast_inference import FastSuperSimpleNet, build_fast_model
 from model.supersimplenet import SuperSimpleNet
 
@@ -164,7 +165,7 @@ def make_sidecar(loaded: LoadedCheckpoint, export_format: str, precision: str, d
         "model": {key: card.get(key, loaded.config.get(key)) for key in
                   ("version", "dataset", "unit", "backbone", "layers", "patch_size", "adapt_cls_features", "seed")}
                  | {"image_size": [height, width], "backbone_weights": card.get(
-                     "backbone_weights", "imagenet" if loaded.model.uses_pretrained_backbone else "random")},
+                     "backbone_weights", backbone_weights_tag(loaded.model))},
         "source": {"weights": str(loaded.weights), "weights_sha256": file_digest(loaded.weights),
                    "exported_with": f"torch {torch.__version__}"},
     }

@@ -135,6 +135,10 @@ def fit_unit(
     options = StepOptions(clip_grad=config["clip_grad"], journal=journal)
 
     fingerprint = {key: value for key, value in config.items() if key not in NOT_LEARNED}
+    if config.get("backbone_weights"):  # the file's content, not only its name (absent: resume.pt of before)
+        fingerprint["backbone_weights"] = [config["backbone_weights"], model.feature_extractor.weights_source["sha256"]]
+    else:
+        fingerprint.pop("backbone_weights", None)
     fingerprint.update(unit=split.category, image_size=list(split.image_size))
     saved_state = resume_path(checkpoint_dir)
     first_epoch, held_epochs = start_epoch(resume, saved_state, model, optimizer, scheduler, train_loader, fingerprint)

@@ -10,14 +10,17 @@ mismatch (a different or damaged file) is reported as one warning line, and load
 A missing file is downloaded to a temporary name next to the final one and only renamed into
 place once it has loaded, so an interrupted or truncated download never sits under the final
 name.
+
+`check_backbone` checks any backbone (torchvision or `timm:<name>`, model/timm_backbone.py), its
+layers and a `backbone_weights` file before any work; `build_resnet_stages` builds the stages the
+torchvision extractor runs, with the ImageNet weights, a local file's (model/weights_file.py) or
+random ones (docs/backbones.md).
 """
 
 import os
-import pickle
 import socket
 import sys
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,8 +28,12 @@ import torch
 import torchvision
 from torch import nn
 
+from common.config import TIMM_PREFIX, is_timm_backbone
 from common.errors import UserError
 from common.fileio import file_digest
+from model.weights_file import UnusableWeights as _UnusableWeights
+from model.weights_file import check_weights_file, load_used_weights, read_state_dict, weights_file_path
+from model.weights_file import first_line as _first_line
 
 # ResNet-family stages in execution order; the extractor keeps the stem and the stages it needs.
 RESNET_STAGES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
@@ -69,10 +76,6 @@ def build_backbone(backbone: str, pretrained: bool) -> nn.Module:
     return model
 
 
-class _UnusableWeights(Exception):
-    """Why a weights file cannot be used, worded to follow the file's name in a message."""
-
-
 def _expected_hash_prefix(path: Path) -> str:
     """torchvision names weights files `<name>-<first hex digits of the SHA-256>.pth`."""
     return path.stem.rsplit("-", 1)[-1].lower()
@@ -95,23 +98,7 @@ def _warn_on_hash_mismatch(path: Path, shown_as: Path) -> None:
 
 def _load_weights(model: nn.Module, path: Path) -> None:
     """Read `path` as a plain tensor state dict (no arbitrary unpickling) and load it strictly."""
-    try:
-        with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it then refuses
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # The restricted unpickler refuses any global other than tensors and plain containers.
-        # A damaged file can fail here too, so the message allows for both.
-        raise _UnusableWeights(
-            "was refused: it asks to unpickle more than tensors and plain containers (or is damaged), and nothing "
-            f"in it was run ({_unpickler_reason(error)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise _UnusableWeights(f"is damaged or truncated ({_first_line(error)})") from None
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state_dict.items()
-    ):
-        raise _UnusableWeights(f"is not a state dict of tensors (it holds a {type(state_dict).__name__})")
+    state_dict = read_state_dict(path)
     mismatch = _state_dict_mismatch(model, state_dict)
     if mismatch:
         raise _UnusableWeights(f"does not fit {type(model).__name__} ({mismatch})")
@@ -176,20 +163,59 @@ def _download_and_load(model: nn.Module, backbone: str, url: str, target: Path) 
             partial.unlink(missing_ok=True)
 
 
-def _unpickler_reason(error: BaseException) -> str:
-    """The restricted unpickler's own reason (e.g. the global it refused), without torch's advice
-    on how to load the file unrestricted."""
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        for line in text.split(marker, 1)[1].splitlines():
-            if line.strip():
-                return line.strip().split(". ", 1)[0].rstrip(".")
-    return _first_line(error)
+# ---------------------------------------------------------------- every backbone: checks, extractor stages
 
 
-def _first_line(error: BaseException) -> str:
-    """The error's first sentence on one line, after its type name."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    detail = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+def check_backbone(backbone: str, layers: list, backbone_weights: str = "") -> None:
+    """Whether `backbone` (a torchvision name or `timm:<model name>`), its `layers` (stage names or timm
+    feature indices) and `backbone_weights` (a state-dict file, '' for none) can be built, before any
+    data is loaded: a UserError of one line naming what is available otherwise. Cheap: nothing is
+    allocated (timm models and a weights file's check are built on the meta device), no random number
+    is drawn, and a weights file is only mapped to read its keys and shapes."""
+    if is_timm_backbone(backbone):
+        from model.timm_backbone import check_timm_backbone
+
+        check_timm_backbone(backbone[len(TIMM_PREFIX):], layers, backbone_weights)
+        return
+    if backbone not in SUPPORTED_BACKBONES:
+        raise UserError(f"backbone '{backbone}' is not supported; choose one of {', '.join(SUPPORTED_BACKBONES)}, "
+                        f"or {TIMM_PREFIX}<model name> for a timm backbone")
+    unknown = [name for name in layers if name not in RESNET_STAGES]
+    if unknown or not layers:
+        raise UserError(f"layers {unknown or layers} are not stages of {backbone}; use names like layer2, layer3")
+    if len(set(layers)) != len(layers):
+        raise UserError(f"layers {layers} of {backbone} repeat a stage; use each stage once")
+    if backbone_weights:
+        with torch.device("meta"):
+            full_model = torchvision.models.get_model(backbone, weights=None)
+        stages = _kept_stages(full_model, layers)
+        known = {key: tensor.shape for key, tensor in full_model.state_dict().items()}
+        used = {key: tensor.shape for key, tensor in stages.state_dict().items()}
+        check_weights_file(backbone_weights, used, known)
+
+
+def _kept_stages(full_model: nn.Module, layers: list[str]) -> nn.ModuleDict:
+    """The stem and the stages up to the deepest one used: layer4 and fc are dead weight here."""
+    last_needed = max(RESNET_STAGES.index(name) for name in layers)
+    return nn.ModuleDict({name: getattr(full_model, name) for name in RESNET_STAGES[: last_needed + 1]})
+
+
+def build_resnet_stages(
+    backbone: str, layers: list[str], pretrained: bool, backbone_weights: str = ""
+) -> tuple[nn.ModuleDict, dict[str, str]]:
+    """The torchvision stages the extractor runs (names as in the torchvision model) and where their
+    weights came from (`weights_source`: kind torchvision, file or random; file: path and sha256)."""
+    full_model = build_backbone(backbone, pretrained and not backbone_weights)
+    stages = _kept_stages(full_model, layers)
+    if backbone_weights:
+        path = weights_file_path(backbone_weights)
+        known = {key: tensor.shape for key, tensor in full_model.state_dict().items()}
+        try:
+            load_used_weights(stages, {key: key for key in stages.state_dict()}, read_state_dict(path), known)
+        except _UnusableWeights as problem:
+            raise UserError(f"backbone_weights file {path} {problem}; give the state dict of {backbone} saved "
+                            "by torchvision") from None
+        return stages, {"kind": "file", "path": str(path), "sha256": file_digest(path)}
+    if pretrained:
+        return stages, {"kind": "torchvision", "weights": "IMAGENET1K_V1", "file": backbone_weights_file(backbone).name}
+    return stages, {"kind": "random"}

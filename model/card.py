@@ -35,12 +35,23 @@ _warned: set[Path] = set()
 
 
 def backbone_weights_tag(model: SuperSimpleNet) -> str:
-    """What the backbone's weights are, as results files record it: "imagenet" or "random"."""
+    """What the backbone's weights are, as results files record it: imagenet (torchvision's), random,
+    file:<first 8 hex digits of its SHA-256> or timm:<pretrained tag>."""
+    source = model.feature_extractor.weights_source
+    if source["kind"] == "file":
+        return f"file:{source['sha256'][:8]}"
+    if source["kind"] == "timm":
+        return f"timm:{source['name'].partition('.')[2] or source['name']}"
     return "imagenet" if model.uses_pretrained_backbone else "random"
 
 
 def backbone_description(model: SuperSimpleNet) -> str:
-    """The backbone and its weights in words, for what a run prints."""
+    """The backbone and its weights in words, for what a run prints (docs/backbones.md)."""
+    source = model.feature_extractor.weights_source
+    if source["kind"] == "file":
+        return f"{model.backbone_name} with weights from {source['path']} (SHA-256 {source['sha256'][:12]}...)"
+    if source["kind"] == "timm":
+        return f"{model.backbone_name} with timm's {source['name']} weights ({source['path']})"
     if model.uses_pretrained_backbone:
         return f"{model.backbone_name} with ImageNet IMAGENET1K_V1 weights"
     return f"{model.backbone_name} with RANDOM weights (pretrained=false): not comparable to the paper"
@@ -65,6 +76,8 @@ def make_card(
         "adapt_cls_features": config["adapt_cls_features"],
         "seed": config["seed"],
         "backbone_weights": backbone_weights,
+        # where the backbone's weights came from: kind torchvision | timm | file | random, a file's path and sha256
+        "backbone_weights_source": dict(model.feature_extractor.weights_source),
         "settings": {key: value for key, value in config.items() if key != "version"},
         "thresholds": {},
     }
@@ -164,8 +177,22 @@ def apply_card(
         if key not in card["settings"]:
             continue
         value = card["settings"][key]
-        if key in chosen and chosen[key] != value:
+        if key == "backbone_weights" and value:  # the file may move, its content may not change
+            value = chosen.get(key) or value
+            _check_backbone_file(value, card, where)
+        elif key in chosen and chosen[key] != value:
             raise UserError(f"--set {key}={chosen[key]!r} contradicts {where} ({key}: {value!r}); "
                             "drop the setting: the checkpoint was trained with the card's value")
         updated[key] = value
     return updated
+
+
+def _check_backbone_file(path: str, card: dict[str, Any], where: Path) -> None:
+    """A backbone_weights file that exists must be the one the card recorded (its SHA-256); a missing one
+    is reported when the model is built."""
+    recorded = (card.get("backbone_weights_source") or {}).get("sha256")
+    file = Path(path).expanduser()
+    if recorded and file.is_file() and file_digest(file) != recorded:
+        raise UserError(f"backbone_weights file {file} is not the one {where} was trained with (SHA-256 "
+                        f"{file_digest(file)[:12]}..., recorded {recorded[:12]}...); give that file, e.g. "
+                        "--set backbone_weights=PATH where it now lies")

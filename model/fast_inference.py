@@ -9,7 +9,9 @@ both float32, equal to the eval model's outputs up to rounding.
   reduced to channels at each backbone layer's own resolution and then resized with separable
   matrices, the anomaly map as M_h @ map @ M_w^T. This module only runs it.
 - The backbone runs channels-last (the layout cuDNN and oneDNN prefer), through the same
-  stage walk as the feature extractor (`model.feature_extractor.run_stages`).
+  layer walk as the feature extractor (`model.feature_extractor.backbone_layers`). A timm
+  backbone has its BatchNorms folded where a forward pass shows them right after a convolution
+  (model/backbone_folding.py); other norms run as they are, and `folding_note` says so.
 - Precision: backbone and reductions run in `dtype` (fp16/bf16 on GPU); the seg head's last
   1024 -> 1 product, the dec head's tail, the pooling, `fc_score` and the anomaly map run in
   float32, so half precision only rounds the heavy parts.
@@ -23,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.feature_extractor import run_stages
+from model.backbone_folding import fold_traced_batchnorms
+from model.feature_extractor import backbone_layers
 from model.supersimplenet import SuperSimpleNet
 from model.cuda_graphs import CudaGraphs, Outputs, copy_to_host, pinned
 from model.folding import fold_backbone_batchnorms, fold_head
@@ -50,7 +53,15 @@ class FastSuperSimpleNet(nn.Module):
         self.seg_slope = float(model.discriminator.seg[2].negative_slope)
 
         # folded on a CPU float32 copy: the caller's model is left as it is
-        stages = fold_backbone_batchnorms(model.feature_extractor.backbone).cpu().float()
+        backbone = model.feature_extractor.backbone
+        if isinstance(backbone, nn.ModuleDict):  # torchvision ResNet stages: every BatchNorm folds
+            stages = fold_backbone_batchnorms(backbone).cpu().float()
+            self.folding_note = ""
+        else:
+            probe = torch.randn(1, 3, *self.image_size, generator=torch.Generator().manual_seed(0))
+            stages, report = fold_traced_batchnorms(backbone, probe)
+            # one line for whoever runs the fast path when part of the backbone is not folded
+            self.folding_note = "" if report.complete else f"{model.backbone_name}: {report.describe()}"
         head = fold_head(model, self._layer_sizes(stages))
         self.stages = stages.to(self.device, dtype).to(memory_format=torch.channels_last)
 
@@ -80,10 +91,10 @@ class FastSuperSimpleNet(nn.Module):
         self.run_compute: Callable[[Tensor], Outputs] = self.compute  # build_fast_model may compile it
         self.graphs: CudaGraphs | None = None
 
-    def _layer_sizes(self, stages: nn.ModuleDict) -> list[tuple[int, int, int]]:
+    def _layer_sizes(self, stages: nn.Module) -> list[tuple[int, int, int]]:
         """(channels, height, width) of each chosen backbone layer, from one probe forward."""
         with torch.inference_mode():
-            outputs = run_stages(stages, torch.zeros(1, 3, *self.image_size), self.layers)
+            outputs = backbone_layers(stages, torch.zeros(1, 3, *self.image_size), self.layers)
         return [tuple(o.shape[1:]) for o in outputs]
 
     def forward(self, images: Tensor) -> Outputs:
@@ -97,7 +108,7 @@ class FastSuperSimpleNet(nn.Module):
         """The whole inference as plain tensor ops (what torch.compile and CUDA graphs capture)."""
         batch = images.shape[0]
         images = images.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        layer_outputs = run_stages(self.stages, images, self.layers)
+        layer_outputs = backbone_layers(self.stages, images, self.layers)
 
         # per layer: reduce channels at layer resolution, then contract the width axis
         seg_parts, dec_parts = [], []

@@ -73,12 +73,12 @@ def conv_batchnorm_pairs(parent: nn.Module) -> list[tuple[str, str]]:
     for name, child in children.items():
         if isinstance(child, nn.Conv2d) and name.startswith("conv"):
             bn_name = "bn" + name[len("conv"):]
-            if isinstance(children.get(bn_name), nn.BatchNorm2d):
+            if type(children.get(bn_name)) is nn.BatchNorm2d:  # not a subclass with more in its forward
                 pairs.append((name, bn_name))
     if isinstance(parent, nn.Sequential):
         names = list(children)
         for first, second in zip(names, names[1:]):
-            if isinstance(children[first], nn.Conv2d) and isinstance(children[second], nn.BatchNorm2d):
+            if isinstance(children[first], nn.Conv2d) and type(children[second]) is nn.BatchNorm2d:
                 pairs.append((first, second))
     return pairs
 

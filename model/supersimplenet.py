@@ -218,7 +218,7 @@ def _default(name: str) -> Any:
 # The constructor arguments that a run's settings provide (SuperSimpleNet.from_config).
 MODEL_SETTINGS = (
     "backbone", "layers", "patch_size", "pretrained", "adapt_cls_features", "stop_grad",
-    "noise", "noise_std", "perlin", "perlin_thr", "no_anomaly", "bad", "overlap",
+    "noise", "noise_std", "perlin", "perlin_thr", "no_anomaly", "bad", "overlap", "backbone_weights",
 )
 
 
@@ -229,6 +229,9 @@ class SuperSimpleNet(nn.Module):
 
     Defaults are the published unsupervised configuration (common/config.py `SETTINGS`);
     `adapt_cls_features=False` is the journal model (classification branch on raw features).
+    `backbone` is a torchvision name or `timm:<model name>` (docs/backbones.md); `backbone_weights`
+    a local state-dict file for it ('' = the library's pretrained weights, or random ones when
+    pretrained=False).
     """
 
     def __init__(
@@ -236,7 +239,7 @@ class SuperSimpleNet(nn.Module):
         image_size: tuple[int, int],
         *,
         backbone: str = _default("backbone"),
-        layers: tuple[str, ...] | list[str] = tuple(_default("layers")),
+        layers: tuple[str, ...] | list[str] | list[int] = tuple(_default("layers")),
         patch_size: int = _default("patch_size"),
         pretrained: bool = _default("pretrained"),
         adapt_cls_features: bool = _default("adapt_cls_features"),
@@ -248,6 +251,7 @@ class SuperSimpleNet(nn.Module):
         no_anomaly: str = _default("no_anomaly"),
         bad: bool = _default("bad"),
         overlap: bool = _default("overlap"),
+        backbone_weights: str = _default("backbone_weights"),
     ):
         super().__init__()
         self.image_size = tuple(image_size)
@@ -257,7 +261,7 @@ class SuperSimpleNet(nn.Module):
 
         self.feature_extractor = FeatureExtractor(
             backbone=backbone, layers=list(layers), patch_size=patch_size, image_size=self.image_size,
-            pretrained=pretrained,
+            pretrained=pretrained, backbone_weights=backbone_weights,
         )
         channels, self.fh, self.fw = self.feature_extractor.feature_dim
         self.feature_adaptor = FeatureAdaptor(channels)
@@ -281,7 +285,8 @@ class SuperSimpleNet(nn.Module):
 
     @property
     def uses_pretrained_backbone(self) -> bool:
-        return self.feature_extractor.pretrained
+        """False only for random backbone weights (pretrained=false)."""
+        return self.feature_extractor.weights_source["kind"] != "random"
 
     def forward(self, images: Tensor, mask: Tensor | None = None, label: Tensor | None = None):
         features = self.feature_extractor(images)

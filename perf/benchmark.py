@@ -62,11 +62,17 @@ def reference_path(master: SuperSimpleNet, device: torch.device, dtype: torch.dt
     return InferencePath(from_host, on_device, on_device, pinned_input=False, clears_cublas=True)
 
 
+_NOTES_PRINTED: set[str] = set()  # each cycle builds the fast model again; its note is printed once
+
+
 def fast_path(
     master: SuperSimpleNet, device: torch.device, dtype: torch.dtype, compile: bool, cuda_graphs: bool
 ) -> InferencePath:
     """Our fast model; on CUDA its host images are pinned, as DataLoader(pin_memory=True) gives them."""
     fast = build_fast_model(master, device, dtype, compile=compile, cuda_graphs=cuda_graphs)
+    if fast.folding_note and fast.folding_note not in _NOTES_PRINTED:  # a timm backbone's norms that run as is
+        _NOTES_PRINTED.add(fast.folding_note)
+        print(f"fast path: {fast.folding_note}")
 
     def eager(images: Tensor) -> Outputs:
         with torch.inference_mode():

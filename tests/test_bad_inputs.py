@@ -209,6 +209,28 @@ def malicious_torch_file(world: World) -> bytes:
     return buffer.getvalue()
 
 
+def backbone_weights_file(make: Callable[[], object], name: str = "backbone.pth"):
+    """A case setup that writes `make()` with torch.save as case/<name> (a backbone_weights file)."""
+    def setup(world: World, case: Path) -> None:
+        import torch
+
+        torch.save(make(), case / name)
+    return setup
+
+
+def resnet34_state() -> dict:
+    import torchvision
+
+    return torchvision.models.resnet34().state_dict()
+
+
+def train_with_backbone_file(*settings: str, name: str = "backbone.pth"):
+    """train.py with `settings` and backbone_weights=case/<name> (pretrained=true)."""
+    def build(world: World, case: Path) -> list[str]:
+        return train("mvtec", *sets([*settings, "pretrained=true", f"backbone_weights={case / name}"]))(world, case)
+    return build
+
+
 def good_checkpoint_with_card(card_text: str) -> Callable[[World, Path], None]:
     """A valid weights.pt with a model.yaml beside it that holds `card_text`."""
     def make(world: World, path: Path) -> None:
@@ -441,6 +463,25 @@ CASES = [
     Case("set-setup-name-climbs-out", train("mvtec", "--set", "setup_name=../elsewhere"), ("setup_name", "plain name")),
     Case("config-unknown-key", with_setup(write_text("typo.yaml", "epoch: 3\n"), command_with(
         train("mvtec"), "--config", in_case("typo.yaml"))), ("typo.yaml", "unknown setting 'epoch'")),
+    # --- backbones and their weights files (train.py; docs/backbones.md) ---
+    Case("timm-unknown-name", train("mvtec", *sets(["backbone=timm:resnet_18", "layers=[2,3]"])),
+         ("timm:resnet_18 is not a timm model", "resnet18")),
+    Case("timm-index-out-of-range", train("mvtec", *sets(["backbone=timm:resnet18", "layers=[2,7]"])),
+         ("layers [2, 7] do not fit", "4 (512 ch, stride 32)")),
+    Case("timm-index-repeated", train("mvtec", *sets(["backbone=timm:resnet18", "layers=[2,2]"])),
+         ("layers", "distinct feature indices")),
+    Case("timm-layer-names", train("mvtec", "--set", "backbone=timm:efficientnet_b0"),
+         ("backbone=timm:efficientnet_b0", "feature indices")),
+    Case("backbone-weights-missing", train_with_backbone_file("backbone=timm:resnet18", "layers=[2,3]"),
+         ("backbone_weights file", "backbone.pth: not found")),
+    Case("backbone-weights-malicious", with_setup(
+        backbone_weights_file(lambda: {"conv1.weight": RunsShell()}),
+        train_with_backbone_file("backbone=resnet18")), ("backbone.pth", "refused")),
+    Case("backbone-weights-of-another-model", with_setup(
+        backbone_weights_file(resnet34_state), train_with_backbone_file("backbone=resnet18")),
+        ("backbone.pth does not fit", "unexpected key")),
+    Case("backbone-weights-with-random", train("mvtec", *sets(["backbone_weights=x.pth"])),
+         ("backbone_weights", "pretrained=false")),
     # --- options (train.py) ---
     Case("run-id-negative", train("mvtec", "--run-id", "-1"), ("--run-id",)),
     Case("run-id-twice", train("mvtec", "--run-id", "1", "1"), ("twice",)),
@@ -548,6 +589,10 @@ CASES = [
     Case("perf-output-dir-under-a-file", with_setup(with_file_in_the_way, lambda w, c: [
         "perf/perf_main.py", "cpu", "--device", "cpu", "--output-dir", str(c / "a_file" / "sub")]), ("--output-dir",)),
     Case("perf-precision-unknown", perf("cpu", "--device", "cpu", "--precision", "fp64"), ("fp64",)),
+    # --- perf/bench_backbones.py ---
+    Case("bench-backbones-unknown", lambda w, c: ["perf/bench_backbones.py", "--backbones", "resnet18", "timm:nope_net",
+                                                  "--output", str(c / "out.csv")], ("timm:nope_net is not a timm model",)),
+    Case("bench-backbones-reps-zero", lambda w, c: ["perf/bench_backbones.py", "--reps", "0"], ("--reps",)),
     # --- dataset preparation scripts ---
     Case("prepare-mvtec-archive-missing", setup_script("prepare_mvtec.py", "--archive", "{case}/absent.tar.xz"),
          ("absent.tar.xz",)),
@@ -597,7 +642,7 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-# A started Python that has imported the heavy libraries (torch, torchvision, numpy, OpenCV, YAML;
+# A started Python that has imported the heavy libraries (torch, torchvision, timm, numpy, OpenCV, YAML;
 # no module of this repository) and, for each command, forks a child that runs the script as
 # `python <script> <args>` would: `__main__`, sys.argv, sys.path[0] the script's folder, cwd the
 # repository, its own stdout/stderr files; an uncaught exception prints its traceback and exits 1.
@@ -606,7 +651,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 # test_forked_and_plain_runs_agree checks that the two agree.
 ZYGOTE = r"""
 import atexit, json, os, runpy, signal, sys, traceback
-import cv2, numpy, torch, torchvision, yaml  # noqa: F401
+import cv2, numpy, timm, torch, torchvision, yaml  # noqa: F401
 base_path = list(sys.path[1:])
 for line in sys.stdin:
     request = json.loads(line)

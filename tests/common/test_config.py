@@ -330,3 +330,30 @@ def test_supervision_regime_as_the_papers_name_it(dataset, overrides, with_masks
     from common.config import supervision_regime
 
     assert supervision_regime(dataset, build_config(dataset, overrides=overrides), with_masks, labels_only) == regime
+# ---------------------------------------------------------------- backbones (docs/backbones.md)
+
+
+def test_timm_backbone_takes_feature_indices_and_a_weights_file():
+    config = build_config("mvtec", None, ["backbone=timm:efficientnet_b0", "layers=[3,2]",
+                                          "backbone_weights=/models/effnet.safetensors"])
+    assert config["backbone"] == "timm:efficientnet_b0" and config["layers"] == [3, 2]
+    assert config["backbone_weights"] == "/models/effnet.safetensors"
+    assert default_config("mvtec")["backbone_weights"] == ""  # '' = the library's pretrained weights
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (["backbone=timm:"], "backbone"),
+    (["backbone=efficientnet_b0"], "timm:<model name>"),
+    (["backbone=timm:resnet18"], "a timm backbone takes feature indices"),  # the default layer names
+    (["backbone=timm:resnet18", "layers=[2,2]"], "layers"),
+    (["backbone=timm:resnet18", "layers=[-1,2]"], "layers"),
+    (["backbone=timm:resnet18", "layers=[true,2]"], "layers"),
+    (["backbone=timm:resnet18", "layers=[layer2,3]"], "layers"),
+    (["layers=[2,3]"], "a torchvision backbone takes stage names"),
+    (["backbone_weights=w.pth", "pretrained=false"], "drop one of the two"),
+], ids=["empty-timm-name", "bare-timm-name", "names-on-timm", "repeated-index", "negative-index", "bool-index",
+        "mixed", "indices-on-torchvision", "file-and-random"])
+def test_backbone_settings_that_cannot_fit_are_one_line(settings, fragment):
+    with pytest.raises(UserError) as error:
+        build_config("mvtec", None, settings)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
