@@ -10,6 +10,7 @@ from common.catalog import DATASET_NAMES
 from common.config import build_config, chosen_settings
 from common.errors import UserError
 from common.seeding import seed_everything
+from model.backbone import check_backbone
 from model.card import apply_card, backbone_description, model_card_path, read_model_card
 from model.checkpoint import read_checkpoint
 from model.supersimplenet import SuperSimpleNet
@@ -44,6 +45,7 @@ def resolve_checkpoint_config(
     config = build_config(dataset, config_file, overrides, version)
     chosen = chosen_settings(dataset, config_file, overrides, version)
     config = apply_card(config, card, chosen, weights, version_chosen)
+    check_backbone(config["backbone"], config["layers"], config["backbone_weights"])
     if card is not None and isinstance(card.get("image_size"), list) and len(card["image_size"]) == 2:
         if "image_size" in chosen and list(chosen["image_size"]) != list(card["image_size"]):
             raise UserError(f"--set image_size={chosen['image_size']} contradicts {model_card_path(weights)} "

@@ -20,6 +20,7 @@ from engine.evaluate import check_finite, evaluate, format_metrics, make_test_lo
 from engine.outputs import EvalLayout, write_figures, write_scores_json
 from engine.train_run import setup_name
 from engine.units import dataset_units, fold_column
+from model.backbone import check_backbone
 from model.card import apply_card, backbone_description, backbone_weights_tag, read_model_card
 from model.supersimplenet import SuperSimpleNet
 
@@ -81,6 +82,7 @@ def evaluate_dataset(args: argparse.Namespace, run_id: int, dataset: str, device
                             f"{card_version}, whose layout puts it at {belongs}: move weights.pt and model.yaml "
                             f"there and run with --version {card_version}")
         config = apply_card(dataset_config, card, chosen, weights, args.version_chosen)
+        check_backbone(config["backbone"], config["layers"], config["backbone_weights"])  # before the data loads
         split = dataset_units(dataset, config, args.datasets_folder, [unit.name])[0].load()
         split.check_mask_sizes()
         weak = len(split.train_weak)

@@ -18,6 +18,7 @@ from engine.fit import fit_unit
 from engine.outputs import TrainLayout
 from engine.resume import resume_path
 from engine.units import dataset_units, fold_column
+from model.backbone import check_backbone
 
 
 def setup_name(config: dict[str, Any], run_id: int) -> str:
@@ -39,6 +40,7 @@ def is_complete(layout: TrainLayout, unit) -> bool:
 
 def run_training(args: argparse.Namespace) -> None:
     base_config = build_config(args.dataset, args.config, args.set, args.version)
+    check_backbone(base_config["backbone"], base_config["layers"], base_config["backbone_weights"])  # before any data
     check_seed_for_runs(base_config["seed"], args.run_ids)
     device = resolve_device(args.device)
     check_writable_dir(args.results_path, "--results-path")  # before any work: never lose a trained model

@@ -466,6 +466,9 @@ CASES = [
     # --- backbones and their weights files (train.py; docs/backbones.md) ---
     Case("timm-unknown-name", train("mvtec", *sets(["backbone=timm:resnet_18", "layers=[2,3]"])),
          ("timm:resnet_18 is not a timm model", "resnet18")),
+    Case("timm-unknown-name-found-before-the-dataset", command_with(train(
+        "mvtec", *sets(["backbone=timm:resnet_18", "layers=[2,3]"])), "--datasets-folder", in_case("nowhere")),
+        ("timm:resnet_18 is not a timm model",)),  # checked before the (absent) dataset is looked for
     Case("timm-index-out-of-range", train("mvtec", *sets(["backbone=timm:resnet18", "layers=[2,7]"])),
          ("layers [2, 7] do not fit", "4 (512 ch, stride 32)")),
     Case("timm-index-repeated", train("mvtec", *sets(["backbone=timm:resnet18", "layers=[2,2]"])),
