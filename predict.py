@@ -29,8 +29,10 @@ def parse_args(argv: list[str] | None = None):
     source.add_argument("--weights", type=cli.path_argument, help="a weights.pt (model.yaml beside it is read when present)")
     source.add_argument("--model", type=cli.path_argument, help="a file written by export.py (.onnx, .xml, .pt)")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="torch (default for --weights; TorchScript for --model), onnxruntime, openvino "
-                             "(default for --model: from the file's suffix)")
+                        help="with --weights: the fastest installed by default (openvino, else onnxruntime, through "
+                             "an export made once and cached beside the weights; the torch fast path on a GPU or "
+                             "without them), or one of them; with --model: torch runs TorchScript, the default "
+                             "comes from the file's suffix")
     parser.add_argument("--output", type=cli.path_argument, default=Path("./predictions"), help="output folder (default ./predictions)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     cli.add_device(parser)
@@ -70,8 +72,8 @@ def check_options(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
     if not args.inputs and not args.calibrate and not args.calibrate_labelled:
         raise UserError("nothing to do: pass images or folders to predict, or --calibrate / --calibrate-labelled")
-    if args.weights is not None and args.backend not in (None, "torch"):
-        raise UserError(f"--backend {args.backend} runs an exported file: pass --model FILE (see export.py)")
+    if args.eager and args.backend not in (None, "torch"):
+        raise UserError(f"--eager runs the PyTorch model; it does not go with --backend {args.backend}")
     if args.model is not None:
         if args.eager:
             raise UserError("--eager applies to --weights (the PyTorch checkpoint), not to an exported --model")

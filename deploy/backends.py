@@ -145,8 +145,11 @@ class OpenVinoBackend(Backend):
             raise UserError("--backend openvino runs on the CPU here; use --device cpu (or auto)")
         self.name = "openvino"
         self.image_size = tuple(sidecar["input"]["image_size"])
+        # full float32 unless the export is fp16: OpenVINO would otherwise compute in bf16 on CPUs that
+        # have it (AVX512-BF16, AMX), and the outputs would no longer be the model's up to float rounding
+        config = {} if sidecar.get("precision") == "fp16" else {"INFERENCE_PRECISION_HINT": "f32"}
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU")
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
             raise UserError(f"{path} cannot be loaded by OpenVINO ({str(error).splitlines()[0][:160]})") from None
         shape = self.compiled.inputs[0].get_partial_shape()

@@ -33,6 +33,7 @@ from deploy.calibrate import (
 from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
 from deploy.images import DEFAULT_MAX_PIXELS, PREDICT_EXTENSIONS, ImageItem, find_images, infer_loaded, loaded_batches
 from deploy.overlay import ImageResult, write_image_outputs
+from deploy.runtime_cache import cached_backend, default_backend
 from deploy.report import write_prediction_report
 
 
@@ -124,7 +125,13 @@ def run_prediction(args: argparse.Namespace) -> None:
     sidecar: dict[str, Any] | None = None
     if args.weights is not None:
         loaded = load_checkpoint(args.weights, args.version, args.version_chosen, args.config, args.set, args.dataset)
-        backend: Backend = TorchBackend(loaded.model, resolve_device(args.device), eager=args.eager)
+        device = resolve_device(args.device)
+        if args.eager or args.backend == "torch":
+            backend: Backend = TorchBackend(loaded.model, device, eager=args.eager)
+        elif args.backend is not None:
+            backend = cached_backend(loaded, args.backend, args.device)
+        else:  # the fastest exact one installed (deploy/runtime_cache.py)
+            backend = default_backend(loaded, device, args.device)
         stored = (loaded.card or {}).get("thresholds")
     else:
         backend, sidecar = open_exported(args.model, args.backend, args.device)

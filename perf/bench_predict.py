@@ -1,14 +1,20 @@
-"""End-to-end prediction speed: images/s of what predict.py does on a folder (decode, resize,
-infer, write heatmap, mask and overlay PNGs and the CSV) for the eager model, the fast path and
-the exported ONNX model through onnxruntime, on the CPU in one run (and on CUDA when there is a
-GPU), printed as ratios to the eager model.
+"""Prediction speed of every backend predict.py can use, on the CPU (and CUDA when there is one), in
+one run with the same weights: the eager model, the torch fast path, OpenVINO and ONNX Runtime
+through the export predict.py caches beside the weights (deploy/runtime_cache.py), and which of
+them predict.py takes by default.
+
+Two figures per backend:
+- model latency: one forward of a preprocessed batch of 1 and of --batch images, in ms, the
+  backends interleaved --repeats times, the best kept (a shared machine only adds time);
+- end to end: images/s of predict's whole path on a folder (decode, resize, infer, write heatmap,
+  mask, overlay PNGs and the CSV), best of --repeats after one warm-up run.
 
     python perf/bench_predict.py [--weights W] [--images DIR] [--count 32] [--size 256 256]
-                                 [--backbone wide_resnet50_2] [--batch 8] [--repeats 2]
+                                 [--backbone wide_resnet50_2] [--batch 8] [--repeats 3]
 
-Without --weights a random-weight model of --backbone at --size is used (speed does not depend
-on the weights); without --images, --count synthetic images of mixed sizes are generated.
-Each path runs once untimed (warm-up), then --repeats times; the best time is reported.
+Without --weights a random-weight model of --backbone at --size is used (speed does not depend on
+the weights, and the output says so); without --images, --count synthetic images of mixed sizes.
+`--help` answers without importing torch.
 """
 
 import argparse
@@ -19,20 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.config import default_config  # noqa: E402
-from common.seeding import seed_everything  # noqa: E402
-from deploy.backends import OnnxRuntimeBackend, TorchBackend, sidecar_path  # noqa: E402
-from deploy.calibrate import Thresholds  # noqa: E402
-from deploy.checkpoints import LoadedCheckpoint, load_checkpoint  # noqa: E402
-from deploy.export import export_model  # noqa: E402
-from deploy.images import find_images  # noqa: E402
-from deploy.predict import predict_images  # noqa: E402
-from model.supersimplenet import SuperSimpleNet  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,14 +34,17 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                         help="network input of the random model (default 256 256)")
     parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone of the random model")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8, help="predict's batch (default 8, as predict.py)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="decode / write threads")
-    parser.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    parser.add_argument("--no-end-to-end", action="store_true", help="only the model latencies")
     return parser.parse_args(argv)
 
 
 def synthetic_images(folder: Path, count: int) -> None:
+    import cv2
+    import numpy as np
+
     rng = np.random.default_rng(0)
     sizes = [(256, 256), (480, 640), (900, 300), (200, 333)]
     for index in range(count):
@@ -57,77 +52,82 @@ def synthetic_images(folder: Path, count: int) -> None:
         cv2.imwrite(str(folder / f"{index:04d}.png"), (rng.random((height, width, 3)) * 255).astype(np.uint8))
 
 
-def random_checkpoint(args, folder: Path) -> LoadedCheckpoint:
-    config = default_config("mvtec", "jims")
-    config.update(backbone=args.backbone, pretrained=False, image_size=list(args.size))
-    seed_everything(0)
-    model = SuperSimpleNet.from_config(tuple(args.size), config).eval()
-    return LoadedCheckpoint(model, config, None, model.save_model(folder), "mvtec")
-
-
-def time_backend(backend, items, batch, workers, repeats, scratch: Path) -> float:
-    """Best images/s over `repeats` timed runs after one warm-up run."""
-    best = float("inf")
-    for run in range(repeats + 1):
-        output = scratch / f"run{run}"
-        start = time.perf_counter()
-        predict_images(backend, items, Thresholds(), output, batch, progress=False, workers=workers,
-                       report=lambda message: None)
-        elapsed = time.perf_counter() - start
-        if run:
-            best = min(best, elapsed)
-    return len(items) / best
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
+    import numpy as np
+    import torch
+
+    from common.config import default_config
+    from common.seeding import seed_everything
+    from deploy.backends import TorchBackend
+    from deploy.calibrate import Thresholds
+    from deploy.checkpoints import LoadedCheckpoint, load_checkpoint
+    from deploy.images import find_images
+    from deploy.predict import predict_images
+    from deploy.runtime_cache import cached_backend, default_backend, installed_runtimes
+    from model.supersimplenet import SuperSimpleNet
+
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        if args.images is None:
-            args.images = scratch / "images"
-            args.images.mkdir()
-            synthetic_images(args.images, args.count)
-        items, _ = find_images([args.images])
         if args.weights is not None:
             loaded = load_checkpoint(args.weights, "jims", verbose=True)
+            weights_line = str(args.weights)
         else:
-            loaded = random_checkpoint(args, scratch)
+            config = default_config("mvtec", "jims")
+            config.update(backbone=args.backbone, pretrained=False, image_size=list(args.size))
+            seed_everything(0)
+            model = SuperSimpleNet.from_config(tuple(args.size), config).eval()
+            (scratch / "model").mkdir()
+            loaded = LoadedCheckpoint(model, config, None, model.save_model(scratch / "model"), "mvtec")
+            weights_line = "random weights (pretrained=false): speed does not depend on the weights"
         height, width = loaded.image_size
-        print(f"{len(items)} images from {args.images}; model {loaded.model.backbone_name} at {height}x{width}; "
-              f"batch {args.batch}; torch threads {torch.get_num_threads()}; {args.workers} decode/write threads")
-        paths: list[tuple[str, object]] = [
-            ("eager cpu", lambda: TorchBackend(loaded.model, torch.device("cpu"), eager=True)),
-            ("fast cpu", lambda: TorchBackend(loaded.model, torch.device("cpu"), eager=False)),
-        ]
-        if not args.no_onnx:
-            try:
-                __import__("onnxruntime")  # ImportError when the optional package is absent
-
-                onnx_file = scratch / "model.onnx"
-                export_model(loaded, "onnx", "fp32", dynamic_batch=True, output=onnx_file, check=False)
-                paths.append(("onnxruntime cpu", lambda: OnnxRuntimeBackend(onnx_file, "cpu", _sidecar(onnx_file))))
-            except ImportError:
-                print("onnxruntime not installed: skipped (pip install -r requirements-export.txt)")
+        cpu = torch.device("cpu")
+        default = default_backend(loaded, cpu, "cpu")  # exports into the weights' folder when it must
+        paths = {"eager cpu": TorchBackend(loaded.model, cpu, eager=True), "torch fast cpu": TorchBackend(loaded.model, cpu)}
+        for runtime in installed_runtimes():
+            paths[f"{runtime} cpu"] = cached_backend(loaded, runtime, "cpu")
         if torch.cuda.is_available():
-            paths += [("eager cuda", lambda: TorchBackend(loaded.model, torch.device("cuda"), eager=True)),
-                      ("fast cuda", lambda: TorchBackend(loaded.model, torch.device("cuda"), eager=False))]
-        rates = {}
-        for name, make in paths:
-            backend = make()
-            rates[name] = time_backend(backend, items, args.batch, args.workers, args.repeats, scratch / name.replace(" ", "_"))
-            if name == "eager cuda":
-                loaded.model.cpu()
-            print(f"  {name:<16} {rates[name]:8.2f} images/s")
-        reference = rates["eager cpu"]
-        print("\n| path | images/s | vs eager cpu |\n|---|---|---|")
-        for name, rate in rates.items():
-            print(f"| {name} | {rate:.2f} | {rate / reference:.2f}x |")
+            paths["torch fast cuda"] = TorchBackend(loaded.model, torch.device("cuda"))
+        default_name = next((name for name, backend in paths.items() if backend.name == default.name), default.name)
+        print(f"model {loaded.model.backbone_name} at {height}x{width}; {weights_line}; torch threads "
+              f"{torch.get_num_threads()}; predict.py's default here: {default_name}")
 
+        latency: dict[str, dict[int, float]] = {name: {} for name in paths}
+        for batch in (1, args.batch):
+            images = np.random.default_rng(batch).standard_normal((batch, 3, height, width)).astype(np.float32)
+            for backend in paths.values():
+                backend(images)  # warm-up
+            for _ in range(args.repeats):
+                for name, backend in paths.items():  # interleaved
+                    start = time.perf_counter()
+                    backend(images)
+                    elapsed = 1000 * (time.perf_counter() - start)
+                    latency[name][batch] = min(latency[name].get(batch, float("inf")), elapsed)
 
-def _sidecar(path: Path) -> dict:
-    import json
+        throughput: dict[str, float] = {}
+        if not args.no_end_to_end:
+            if args.images is None:
+                args.images = scratch / "images"
+                args.images.mkdir()
+                synthetic_images(args.images, args.count)
+            items, _ = find_images([args.images])
+            print(f"end to end: {len(items)} images from {args.images}, batch {args.batch}, {args.workers} "
+                  "decode/write threads")
+            for name, backend in paths.items():
+                best = float("inf")
+                for run in range(args.repeats + 1):
+                    start = time.perf_counter()
+                    predict_images(backend, items, Thresholds(), scratch / "out" / name.replace(" ", "_") / str(run),
+                                   args.batch, progress=False, workers=args.workers, report=lambda message: None)
+                    if run:
+                        best = min(best, time.perf_counter() - start)
+                throughput[name] = len(items) / best
 
-    return json.loads(sidecar_path(path).read_text())
+        print(f"\n| path | batch 1 (ms) | batch {args.batch} (ms) | predict end to end (images/s) |\n|---|---|---|---|")
+        for name in paths:
+            mark = " (predict's default)" if name == default_name else ""
+            rate = f"{throughput[name]:.2f}" if name in throughput else "-"
+            print(f"| {name}{mark} | {latency[name][1]:.0f} | {latency[name][args.batch]:.0f} | {rate} |")
 
 
 if __name__ == "__main__":

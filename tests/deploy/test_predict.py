@@ -82,6 +82,10 @@ def write_images(folder: Path) -> dict[str, Path]:
 
 
 def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
+    """predict.py in this process. A --weights run without --backend gets --backend torch: these
+    tests are about predict's outputs, not its runtimes (tests/deploy/test_runtime_cache.py)."""
+    if "--weights" in argv and "--backend" not in argv:
+        argv = [*argv, "--backend", "torch"]
     try:
         predict.main(argv)
         code = 0
@@ -110,7 +114,7 @@ def prediction_run(checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     paths = write_images(root / "images")
     output = root / "out"
-    argv = ["--weights", str(checkpoint), str(root / "images"), str(paths["twins"]), "--output", str(output),
+    argv = ["--weights", str(checkpoint), "--backend", "torch", str(root / "images"), str(paths["twins"]), "--output", str(output),
             "--save-maps", "--batch", "3", "--no-progress", "--device", "cpu"]
     return paths, output, argv
 
@@ -300,7 +304,7 @@ def test_bad_weights_is_one_line_and_exit_2(tmp_path, case):
         weights.write_bytes(b"not a checkpoint")
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
-    result = subprocess.run([sys.executable, "predict.py", "--weights", str(weights), str(image), "--output",
+    result = subprocess.run([sys.executable, "predict.py", "--weights", str(weights), "--backend", "torch", str(image), "--output",
                              str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr

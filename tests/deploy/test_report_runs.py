@@ -82,6 +82,7 @@ def runs(tmp_path_factory):
                        "--run-ids", "0", "1", "--datasets-folder", str(datasets), "--results-path", str(evaluation),
                        "--device", "cpu", "--num-workers", "0", "--no-progress", *sets(MODEL)])
         predict_cli.main(["--weights", str(results / "superSimpleNet/checkpoints/folder" / CATEGORY / "1/weights.pt"),
+                          "--backend", "torch",
                           str(images), "--output", str(predictions), "--device", "cpu", "--no-progress"])
     return {"train": results / "superSimpleNet/folder/1", "train_run1": results / "superSimpleNet_run1/folder/1",
             "eval": [evaluation / "0/1/folder", evaluation / "1/1/folder"], "summary": evaluation / "report.html",
@@ -155,6 +156,7 @@ def test_eval_over_two_run_ids_writes_a_mean_and_std_report(runs):
 def test_no_report_writes_no_page(runs, capsys):
     output = runs["root"] / "quiet"
     predict_cli.main(["--weights", str(runs["train"].parent.parent / "checkpoints/folder" / CATEGORY / "1/weights.pt"),
+                      "--backend", "torch",
                       str(runs["root"] / "to_predict" / "good"), "--output", str(output), "--device", "cpu",
                       "--no-progress", "--no-report"])
     assert (output / "predictions.csv").is_file()

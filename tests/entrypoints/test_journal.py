@@ -166,7 +166,8 @@ def test_sensum_card_holds_the_category_size_and_eval_and_predict_need_nothing_m
     trained = read_csv(tmp_path / "results" / "superSimpleNet" / "sensum" / "1" / "last.csv")
     assert evaluated[0]["I-AUROC"] == trained[0]["I-AUROC"] and evaluated[0]["fold"] == "0"
 
-    predict_cli.main(["--weights", str(folder / "weights.pt"), str(root / "softgel" / "negative" / "data" / "003.png"),
+    predict_cli.main(["--weights", str(folder / "weights.pt"), "--backend", "torch",
+                      str(root / "softgel" / "negative" / "data" / "003.png"),
                       "--output", str(tmp_path / "predicted"), "--device", "cpu", "--no-progress"])
     assert "input 144x144" in capsys.readouterr().out
     assert (tmp_path / "predicted" / "predictions.csv").is_file()

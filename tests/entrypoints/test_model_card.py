@@ -90,7 +90,7 @@ def test_a_hand_edited_card_warns_once_and_is_used_as_it_says(trained, tmp_path,
     assert "image_size: [48, 48]" in text
     (folder / "model.yaml").write_text(text.replace("image_size: [48, 48]", "image_size: [32, 32]", 1))
     images = trained[1] / "mvtec" / "widget" / "test" / "good"
-    predict_cli.main(["--weights", str(folder / "weights.pt"), str(images), "--output", str(tmp_path / "out"),
+    predict_cli.main(["--weights", str(folder / "weights.pt"), "--backend", "torch", str(images), "--output", str(tmp_path / "out"),
                       "--device", "cpu", "--no-progress"])
     printed = capsys.readouterr()
     warnings = [line for line in printed.err.splitlines() if line.startswith("warning:")]

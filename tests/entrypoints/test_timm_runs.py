@@ -98,7 +98,7 @@ def predictions(argv: list[str], output, capsys) -> tuple[dict[str, dict], str]:
 def test_predict_fast_path_equals_eager(trained, tmp_path, capsys):
     datasets, _, checkpoint = trained[:3]
     images = datasets / "mvtec" / "widget" / "test"
-    argv = ["--weights", str(checkpoint), str(images), "--save-maps", "--batch", "4", "--no-progress",
+    argv = ["--weights", str(checkpoint), "--backend", "torch", str(images), "--save-maps", "--batch", "4", "--no-progress",
             "--device", "cpu"]
     fast, fast_out = predictions(argv, tmp_path / "fast", capsys)
     eager, eager_out = predictions([*argv, "--eager"], tmp_path / "eager", capsys)
