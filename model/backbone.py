@@ -21,7 +21,6 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -32,7 +31,8 @@ from common.config import TIMM_PREFIX, is_timm_backbone
 from common.errors import UserError
 from common.fileio import file_digest
 from model.weights_file import UnusableWeights as _UnusableWeights
-from model.weights_file import check_weights_file, load_used_weights, read_state_dict, weights_file_path
+from model.weights_file import (check_weights_file, load_used_weights, read_state_dict, state_dict_mismatch,
+                                weights_file_path)
 from model.weights_file import first_line as _first_line
 
 # ResNet-family stages in execution order; the extractor keeps the stem and the stages it needs.
@@ -99,31 +99,14 @@ def _warn_on_hash_mismatch(path: Path, shown_as: Path) -> None:
 def _load_weights(model: nn.Module, path: Path) -> None:
     """Read `path` as a plain tensor state dict (no arbitrary unpickling) and load it strictly."""
     state_dict = read_state_dict(path)
-    mismatch = _state_dict_mismatch(model, state_dict)
+    shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    mismatch = state_dict_mismatch(state_dict, shapes, shapes)
     if mismatch:
         raise _UnusableWeights(f"does not fit {type(model).__name__} ({mismatch})")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:  # anything the key and shape comparison above did not catch
         raise _UnusableWeights(f"does not fit {type(model).__name__} ({_first_line(error)})") from None
-
-
-def _state_dict_mismatch(model: nn.Module, state_dict: Mapping) -> str:
-    """Missing, unexpected and mis-shaped keys, summarised on one line ('' when it fits)."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    misshaped = [
-        f"{key} {tuple(state_dict[key].shape)} vs {tuple(tensor.shape)}"
-        for key, tensor in expected.items()
-        if key in state_dict and state_dict[key].shape != tensor.shape
-    ]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if items:
-            more = f" and {len(items) - 1} more" if len(items) > 1 else ""
-            parts.append(f"{len(items)} {label} key{'s' if len(items) > 1 else ''}, e.g. {items[0]}{more}")
-    return "; ".join(parts)
 
 
 def _download_and_load(model: nn.Module, backbone: str, url: str, target: Path) -> None:

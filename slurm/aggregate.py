@@ -31,7 +31,8 @@ from common.metrics import METRIC_NAMES  # noqa: E402
 from common.results import (ResultsWriter, comparison_table, read_last_csv, summarize_runs,  # noqa: E402
                             write_summary_json)
 from deploy.report.summary_page import write_summary_report  # noqa: E402
-from slurm.manifest import Manifest, ManifestUnit, is_complete, last_status, load_manifest  # noqa: E402
+from slurm.manifest import Manifest, ManifestUnit, is_complete, load_manifest  # noqa: E402
+from slurm.status import last_status  # noqa: E402
 
 STATES = ("complete", "failed", "interrupted", "missing")
 

@@ -4,7 +4,7 @@ trains or evaluates it, and which of them still have to run.
 
 One manifest = one folder `<results>/slurm/<kind>_<dataset>_<stamp>/` holding `manifest.json`;
 array task i runs unit i (indices are stable; only the pending ones are submitted). The folder
-also collects `status/<i>` (one line per attempt with its exit code) for the aggregation.
+also collects `status/<i>` (one line per attempt with its exit code; slurm/status.py) for the aggregation.
 
 A training unit is complete when its `weights.pt` is there, no `resume.pt` is beside it (an
 interrupted run leaves one) and its row is in the run's `last.csv`. An evaluation unit is complete
@@ -22,7 +22,6 @@ Importing this module is cheap (no torch): the batch tasks call it for their com
 import argparse
 import csv
 import json
-import os
 import re
 import sys
 import time
@@ -38,6 +37,7 @@ from common.catalog import DATASET_NAMES, PAPER_DATASETS, ratio_folder  # noqa: 
 from common.config import DEFAULT_VERSION  # noqa: E402
 from common.errors import UserError, exit_on_user_error  # noqa: E402
 from common.fileio import write_json_atomic  # noqa: E402
+from slurm.status import record_status  # noqa: E402
 
 MANIFEST_NAME = "manifest.json"
 RESUME_NAME = "resume.pt"
@@ -335,25 +335,6 @@ def unit_at(manifest: Manifest, index: int) -> ManifestUnit:
     if not 0 <= index < len(manifest.units):
         raise UserError(f"task {index} is not in {manifest.folder} ({len(manifest.units)} units)")
     return manifest.units[index]
-
-
-def record_status(folder: Path, index: int, exit_code: int, note: str = "") -> None:
-    """Appends one line per attempt to `status/<index>`: `<time> exit <code> [job ...]`."""
-    path = Path(folder) / "status" / str(index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} exit {exit_code}{' ' + note if note else ''}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def last_status(folder: Path, index: int) -> int | None:
-    """The exit code of the unit's last attempt, None when it never ended (or never ran)."""
-    path = Path(folder) / "status" / str(index)
-    if not path.is_file():
-        return None
-    lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return int(lines[-1][2]) if lines else None
 
 
 # ---------------------------------------------------------------------------------------------

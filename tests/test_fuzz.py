@@ -14,7 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.config import DATASET_SETTINGS, SETTINGS, VERSIONS, build_config, parse_override
+from common.config import DATASET_SETTINGS, SETTINGS, VERSIONS, build_config
+from common.settings_file import parse_override
 from common.errors import UserError
 from common.image_io import IMAGE_EXTENSIONS
 

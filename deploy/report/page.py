@@ -75,10 +75,12 @@ def percent(value: float | None, digits: int = 1) -> str:
 
 
 def fill(template_name: str, **fields: str) -> str:
-    """The template deploy/report/templates/<template_name> with its $fields replaced (the values
-    are inserted as they are: they must already be HTML)."""
-    template = string.Template((TEMPLATES / template_name).read_text(encoding="utf-8"))
-    return template.substitute(fields)
+    """A whole page: the body template deploy/report/templates/<template_name> with its $fields
+    replaced (the values are inserted as they are: they must already be HTML), inside page.html
+    (the document, its `title` field and the embedded stylesheet), which every page shares."""
+    body = string.Template((TEMPLATES / template_name).read_text(encoding="utf-8")).substitute(fields)
+    shell = string.Template((TEMPLATES / "page.html").read_text(encoding="utf-8"))
+    return shell.substitute(title=fields["title"], style=style(), body=body)
 
 
 def style() -> str:

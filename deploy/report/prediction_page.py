@@ -16,7 +16,7 @@ from typing import Any
 
 from deploy.report.figures import prediction_histogram
 from deploy.report.page import (
-    element, fill, json_for_script, never_fatal, relative_url, script, style, text, void_element, write_page,
+    element, fill, json_for_script, never_fatal, relative_url, script, text, void_element, write_page,
 )
 from deploy.report.thumbnails import thumbnail_size
 
@@ -89,7 +89,7 @@ def render_prediction_page(output: Path, rows: list[dict[str, str]], summary: di
     skipped_list = "".join(element("li", text(f"{row.get('path', '')}: {row.get('reason', '')}")) for row in skipped)
     built = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return fill(
-        "prediction.html", title=text(f"SuperSimpleNet predictions: {len(rows)} images"), style=style(),
+        "prediction.html", title=text(f"SuperSimpleNet predictions: {len(rows)} images"),
         header=header,
         warning="" if calibrated else element("p", text(UNCALIBRATED_NOTE), class_="warning"),
         slider=void_element("input", type="range", id="image-threshold", min="0", max="1", step="any",

@@ -18,7 +18,7 @@ from common.metrics import METRIC_NAMES
 from common.results import NOT_AVAILABLE, paper_figures, read_rows
 from deploy.report.header import BACKBONE_WEIGHTS, shared_value
 from deploy.report.page import (
-    element, fill, json_for_script, never_fatal, percent, style, text, void_element, write_page,
+    element, fill, json_for_script, never_fatal, percent, text, void_element, write_page,
 )
 from deploy.report.unit_data import read_unit_data, row_key
 
@@ -199,7 +199,7 @@ def render_run_page(rows: list[dict[str, str]], units: dict, dataset: str, versi
     notes = "".join(element("p", text(f"note: {problem}"), class_="note") for problem in problems or [])
     embedded = {"dataset": dataset, "version": version, "ratio": ratio, "metrics": METRIC_NAMES, "rows": rows}
     return fill(
-        "run.html", title=text(title), style=style(),
+        "run.html", title=text(title),
         header=_header_rows(rows, units, dataset, version, ratio, paper_source, built),
         metrics=metric_table(rows, units, paper), notes=notes,
         units="".join(unit_section(row, units.get(row_key(row))) for row in rows),

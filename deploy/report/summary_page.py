@@ -11,7 +11,7 @@ from typing import Any
 from common.metrics import METRIC_NAMES
 from common.results import paper_figures
 from deploy.report.page import (
-    element, fill, json_for_script, never_fatal, percent, relative_url, style, text, write_page,
+    element, fill, json_for_script, never_fatal, percent, relative_url, text, write_page,
 )
 
 REPORT_NAME = "report.html"
@@ -65,7 +65,7 @@ def write_summary_report(results_path: Path, summaries: dict[str, dict], ratios:
         sections.append(dataset_section(dataset, summary, version, ratios.get(dataset, ""), links))
     built = datetime.now(timezone.utc).isoformat(timespec="seconds")
     title = f"SuperSimpleNet evaluation: mean ± std over run ids {', '.join(map(str, run_ids))} ({version})"
-    page = fill("summary.html", title=text(title), style=style(), sections="".join(sections), built=text(built),
+    page = fill("summary.html", title=text(title), sections="".join(sections), built=text(built),
                 data=json_for_script({"version": version, "run_ids": run_ids, "ratios": ratios,
                                       "summaries": summaries}))
     return write_page(results_path / REPORT_NAME, page)

@@ -11,7 +11,8 @@ import pytest
 from common.metrics import METRIC_NAMES
 from common.results import ResultsWriter
 from slurm import aggregate as agg
-from slurm.manifest import Manifest, ManifestUnit, record_status
+from slurm.manifest import Manifest, ManifestUnit
+from slurm.status import record_status
 
 CATEGORIES = ("fabric", "metal")
 

@@ -8,6 +8,7 @@ import pytest
 from common.errors import UserError
 from common.results import ResultsWriter
 from slurm import manifest as m
+from slurm import status
 
 SMALL = ["--set", "epochs=1", "--no-figures"]
 
@@ -156,9 +157,9 @@ def test_saved_manifest_and_status_round_trip(data):
     manifest.save(folder)
     assert folder.parent == data / "res" / "slurm" and folder.name.startswith("train_mvtec_")
     assert m.task_argv(folder, 0) == manifest.units[0].argv
-    assert m.last_status(folder, 0) is None
-    m.record_status(folder, 0, 3, "job 5")
-    m.record_status(folder, 0, 0, "job 5 restart 1")
-    assert m.last_status(folder, 0) == 0
+    assert status.last_status(folder, 0) is None
+    status.record_status(folder, 0, 3, "job 5")
+    status.record_status(folder, 0, 0, "job 5 restart 1")
+    assert status.last_status(folder, 0) == 0
     with pytest.raises(UserError, match="not in"):
         m.task_argv(folder, 1)
