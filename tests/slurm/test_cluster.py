@@ -88,9 +88,10 @@ def test_scancel_signal_reaches_batch_shell(slurm_cluster, tmp_path):
         wait_for(lambda: (tmp_path / "started.txt").exists(), 30, "the job to start")
         sh("scancel", "--signal=USR1", "--batch", job_id)
         wait_for(lambda: (tmp_path / "signal.txt").exists(), 30, "the trap to write signal.txt")
+        # the trap exits right after writing the file: wait for that before anything may cancel the job
+        [record] = wait_state(job_id, TERMINAL, timeout=30)
     finally:
-        subprocess.run(["scancel", job_id], timeout=30)
-    [record] = wait_state(job_id, TERMINAL, timeout=30)
+        subprocess.run(["scancel", job_id], timeout=30)  # only when a step above failed: the job has ended
     assert record["JobState"] == "COMPLETED", record
 
 
@@ -101,9 +102,9 @@ def test_sbatch_signal_before_time_limit(slurm_cluster, tmp_path):
     try:
         wait_for(lambda: (tmp_path / "started.txt").exists(), 30, "the job to start")
         wait_for(lambda: (tmp_path / "signal.txt").exists(), 50, "USR1 before the time limit", interval=0.5)
+        [record] = wait_state(job_id, TERMINAL, timeout=30)  # the trap's own exit, before any cancel
     finally:
-        subprocess.run(["scancel", job_id], timeout=30)
+        subprocess.run(["scancel", job_id], timeout=30)  # only when a step above failed: the job has ended
     seconds = int((tmp_path / "signal.txt").read_text().split()[1])
     assert seconds < 60, f"USR1 came {seconds} s after the start, at or after the time limit"
-    [record] = wait_state(job_id, TERMINAL, timeout=30)
     assert record["JobState"] == "COMPLETED", record
