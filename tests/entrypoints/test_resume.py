@@ -55,6 +55,13 @@ def dataset_args(request, tmp_path):
     return ["mvtec", "--category", "bottle", "--datasets-folder", str(datasets), *_sets([*TINY, "image_size=[64,64]"])]
 
 
+@pytest.fixture
+def mvtec_args(tmp_path):
+    """The unsupervised tiny run alone: for behaviour that does not depend on the sampler."""
+    datasets = make_mvtec_tree(tmp_path / "datasets", category="bottle")
+    return ["mvtec", "--category", "bottle", "--datasets-folder", str(datasets), *_sets([*TINY, "image_size=[64,64]"])]
+
+
 def _weights(results, dataset_args):
     dataset = dataset_args[0]
     unit, ratio = ("ksdd2", "16") if dataset == "ksdd2" else ("bottle", "1")
@@ -80,8 +87,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, dataset_arg
     assert not (_weights(straight, dataset_args) / "resume.pt").exists()
 
 
-def test_a_rerun_continues_by_default_and_auto_skips_complete_units(tmp_path, monkeypatch, dataset_args):
+def test_a_rerun_continues_by_default_and_auto_skips_complete_units(tmp_path, monkeypatch, mvtec_args):
     """After a stop (or a kill once resume.pt is written), the same command goes on from resume.pt."""
+    dataset_args = mvtec_args
     common = ["--device", "cpu", "--no-progress", "--no-figures"]
     results = tmp_path / "results"
     with monkeypatch.context() as patch:
@@ -102,7 +110,8 @@ def test_a_rerun_continues_by_default_and_auto_skips_complete_units(tmp_path, mo
     assert trained == list(range(EPOCHS))
 
 
-def test_resume_never_keeps_the_older_resume_file_until_it_has_trained_more(tmp_path, monkeypatch, dataset_args):
+def test_resume_never_keeps_the_older_resume_file_until_it_has_trained_more(tmp_path, monkeypatch, mvtec_args):
+    dataset_args = mvtec_args
     common = ["--device", "cpu", "--no-progress", "--no-figures", "--set", "checkpoint_every=1"]
     straight = tmp_path / "straight"
     assert _run([*dataset_args, "--results-path", str(straight), *common]) == 0
